@@ -1,0 +1,239 @@
+"""Cost of exact dynamicAL scoring versus plain inference (timm resnet18 / resnet50, random init).
+
+Each (model, method) runs in a fresh subprocess so that its peak memory can be read as a
+ru_maxrss delta on CPU (torch.cuda.max_memory_allocated on GPU). Methods:
+  forward   inference, no_grad (the unit of the ratios)
+  train     forward + backward of the summed loss over all parameters (a training step)
+  vmap      chunked torch.func.vmap per-sample gradients (the naive exact reference)
+  fast      the exact one-pass path (raydal.scoring.dynamical_scores, method="fast")
+  head      last-layer closed form (params="head")
+Also: bf16 autocast agreement with fp32 (top-b overlap, Spearman) over a pool.
+
+    python benchmarks/scoring_throughput.py [--device cuda] [--quick] [--out PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CONFIGS = [  # model, image size, batch, samples timed for vmap (None: the whole batch)
+    {"model": "resnet18", "img": 32, "batch": 64, "vmap_samples": {"cpu": None, "cuda": None}},
+    {"model": "resnet50", "img": 224, "batch": 16, "vmap_samples": {"cpu": 4, "cuda": None}},
+]
+QUICK = [
+    {"model": "resnet18", "img": 32, "batch": 8, "vmap_samples": {"cpu": 4, "cuda": None}},
+    {"model": "resnet50", "img": 64, "batch": 4, "vmap_samples": {"cpu": 2, "cuda": None}},
+]
+METHODS = ["forward", "train", "vmap", "fast", "head"]
+GOALS = {"fast_vs_forward_max": 4.0, "fast_speedup_vs_vmap_min": 25.0,
+         "head_throughput_vs_forward_min": 0.9, "fast_memory_vs_train_max": 1.5}
+
+
+# --- worker (one method in a fresh process) -----------------------------------------------------
+
+def _setup(cfg: dict, device: str, n: int | None = None):
+    import timm
+    import torch
+    torch.manual_seed(0)
+    model = timm.create_model(cfg["model"], pretrained=False, num_classes=10).to(device).eval()
+    x = torch.randn(n or cfg["batch"], 3, cfg["img"], cfg["img"], device=device)
+    return model, x
+
+
+def _peak_bytes(device: str) -> int:
+    import resource
+    import torch
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def _worker(cfg: dict, method: str, device: str, warmup: int, repeats: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+    from raydal.scoring.grads import _select_params, dynamical_scores
+
+    n = cfg["vmap_samples"][device] if method == "vmap" else None
+    model, x = _setup(cfg, device, n)
+    params = _select_params(model, "head" if method == "head" else "all")
+    g_L = {k: torch.randn_like(p) * 1e-2 for k, p in params.items()}  # values do not change cost
+
+    @torch.no_grad()
+    def forward():
+        model(x)
+
+    def train_step():
+        out = model(x)
+        torch.autograd.grad(F.cross_entropy(out, out.argmax(1), reduction="sum"),
+                            list(model.parameters()))
+
+    run = {
+        "forward": forward,
+        "train": train_step,
+        "vmap": lambda: dynamical_scores(model, x, g_L=g_L, method="vmap", chunk_size=32),
+        "fast": lambda: dynamical_scores(model, x, g_L=g_L),
+        "head": lambda: dynamical_scores(model, x, g_L=g_L, params="head"),
+    }[method]
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    if device == "cuda":
+        sync()
+        torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated() if device == "cuda" else _peak_bytes(device)
+    times = []
+    for i in range(warmup + repeats):
+        sync()
+        start = time.perf_counter()
+        run()
+        sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    samples = len(x)
+    ms = statistics.median(times) * 1e3 * cfg["batch"] / samples  # per batch of cfg["batch"]
+    return {"ms_per_batch": ms, "timed_samples": samples, "repeats": repeats,
+            "extrapolated": samples != cfg["batch"],
+            "peak_extra_mib": (_peak_bytes(device) - base) / 2**20,
+            "params": sum(p.numel() for p in model.parameters())}
+
+
+def _spearman(a, b) -> float:
+    import torch
+    ra, rb = (t.argsort().argsort().double() for t in (a, b))
+    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
+
+
+def _agreement(cfg: dict, device: str, pool: int, top_fraction: float = 0.1) -> dict:
+    """fp32 vs bf16-autocast scores over a pool: top-b overlap and Spearman rank correlation."""
+    import torch
+    from raydal.scoring.grads import dynamical_scores, labeled_gradient
+    model, x = _setup(cfg, device, pool)
+    gen = torch.Generator().manual_seed(1)
+    lx = torch.randn(64, 3, cfg["img"], cfg["img"], generator=gen).to(device)
+    g_L = labeled_gradient(model, lx, torch.randint(0, 10, (64,), generator=gen).to(device),
+                           batch_size=cfg["batch"])
+    scores = {}
+    for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+        start = time.perf_counter()
+        scores[name] = torch.cat([dynamical_scores(model, x[s:s + cfg["batch"]], g_L=g_L,
+                                                   autocast_dtype=dtype)
+                                  for s in range(0, pool, cfg["batch"])]).cpu()
+        scores[name + "_s"] = time.perf_counter() - start
+    b = max(1, int(top_fraction * pool))
+    top = [set(scores[k].topk(b).indices.tolist()) for k in ("fp32", "bf16")]
+    return {"pool": pool, "top_b": b, "top_b_overlap": len(top[0] & top[1]) / b,
+            "spearman": _spearman(scores["fp32"], scores["bf16"]),
+            "max_diff_rel_to_max": float((scores["bf16"] - scores["fp32"]).abs().max()
+                                         / scores["fp32"].abs().max()),
+            "fp32_s": scores["fp32_s"], "bf16_s": scores["bf16_s"]}
+
+
+# --- orchestration ------------------------------------------------------------------------------
+
+def _in_subprocess(task: dict) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(task)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker {task} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _table(results: list[dict]) -> str:
+    lines = ["| model | img | batch | method | ms/batch | x forward | speedup vs vmap | "
+             "peak extra MiB | extra MiB/sample, in P-float gradients |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+    for r in results:
+        m, fwd, vmap = r["methods"], r["methods"]["forward"]["ms_per_batch"], \
+            r["methods"]["vmap"]["ms_per_batch"]
+        for name in METHODS:
+            d = m[name]
+            per_sample = d["peak_extra_mib"] / d["timed_samples"]
+            note = f" (timed on {d['timed_samples']}, extrapolated)" if d["extrapolated"] else ""
+            lines.append(f"| {r['model']} | {r['img']} | {r['batch']} | {name}{note} | "
+                         f"{d['ms_per_batch']:.1f} | {d['ms_per_batch'] / fwd:.2f} | "
+                         f"{vmap / d['ms_per_batch']:.1f} | {d['peak_extra_mib']:.0f} | "
+                         f"{per_sample:.1f} ({per_sample * 2**20 / (4 * d['params']):.3f}) |")
+    return "\n".join(lines)
+
+
+def _goals(results: list[dict]) -> list[str]:
+    out = []
+    for r in results:
+        m = r["methods"]
+        fwd = m["forward"]["ms_per_batch"]
+        fast, vmap, head = (m[k]["ms_per_batch"] for k in ("fast", "vmap", "head"))
+        train_mem, fast_mem = m["train"]["peak_extra_mib"], m["fast"]["peak_extra_mib"]
+        batch_by_params = r["batch"] * 4 * m["fast"]["params"] / 2**20
+        checks = [
+            (f"fast <= {GOALS['fast_vs_forward_max']}x forward", fast / fwd,
+             fast / fwd <= GOALS["fast_vs_forward_max"]),
+            (f"fast >= {GOALS['fast_speedup_vs_vmap_min']}x faster than vmap", vmap / fast,
+             vmap / fast >= GOALS["fast_speedup_vs_vmap_min"]),
+            (f"head >= {GOALS['head_throughput_vs_forward_min']}x inference throughput",
+             fwd / head, fwd / head >= GOALS["head_throughput_vs_forward_min"]),
+            (f"memory: fast peak extra / training step's <= {GOALS['fast_memory_vs_train_max']} "
+             f"(activation-bound, no B x P term; B x P would be {batch_by_params:.0f} MiB)",
+             fast_mem / train_mem, fast_mem / train_mem <= GOALS["fast_memory_vs_train_max"]),
+        ]
+        out += [f"- {r['model']}@{r['img']}: {name}: {value:.2f} -> {'MET' if ok else 'NOT MET'}"
+                for name, value, ok in checks]
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        task = json.loads(args.worker)
+        result = (_agreement(task["cfg"], task["device"], task["pool"]) if task.get("pool")
+                  else _worker(task["cfg"], task["method"], task["device"], task["warmup"],
+                               task["repeats"]))
+        print(json.dumps(result))
+        return
+    configs = QUICK if args.quick else CONFIGS
+    results = []
+    for cfg in configs:
+        slow = cfg["img"] >= 128 and args.device == "cpu"
+        warmup, repeats = (1, 2) if args.quick else ((1, 3) if slow else (2, 5))
+        methods = {}
+        for method in METHODS:
+            methods[method] = _in_subprocess({"cfg": cfg, "method": method, "device": args.device,
+                                              "warmup": warmup if method != "vmap" else 1,
+                                              "repeats": repeats if method != "vmap" else 1})
+            print(f"{cfg['model']}@{cfg['img']} {method}: {methods[method]['ms_per_batch']:.1f} ms",
+                  file=sys.stderr, flush=True)
+        pool = (32 if args.quick else (128 if slow else 512))
+        agreement = _in_subprocess({"cfg": cfg, "device": args.device, "pool": pool})
+        results.append({**{k: cfg[k] for k in ("model", "img", "batch")}, "methods": methods,
+                        "bf16_agreement": agreement})
+    report = {"device": args.device, "quick": args.quick, "platform": platform.platform(),
+              "cpu_count": os.cpu_count(), "goals": GOALS, "results": results}
+    out = args.out or Path(__file__).parent / "results" / f"scoring_throughput_{args.device}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(_table(results))
+    print("\nbf16 autocast vs fp32 (fast path):")
+    for r in results:
+        a = r["bf16_agreement"]
+        print(f"- {r['model']}@{r['img']}: pool {a['pool']}, top-{a['top_b']} overlap "
+              f"{a['top_b_overlap']:.2f}, Spearman {a['spearman']:.4f}, max |diff| / max |score| "
+              f"{a['max_diff_rel_to_max']:.4f}, time fp32 {a['fp32_s']:.1f}s bf16 {a['bf16_s']:.1f}s")
+    print("\nGoals:")
+    print("\n".join(_goals(results)))
+    if any(d["extrapolated"] for r in results for d in r["methods"].values()):
+        print("\nvmap rows marked 'extrapolated' were timed on fewer samples and scaled per sample "
+              "to the batch (too slow on this device otherwise); their memory is for those samples.")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""The ``raydal`` command: run, status, data."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from raydal.config import load_config
+    from raydal.loop import ActiveLoop
+    from raydal.report import format_table
+
+    cfg = load_config(args.config)
+    if args.run_dir:
+        cfg = cfg.with_overrides(run_dir=args.run_dir)
+    if args.no_progress:
+        cfg = cfg.with_overrides(progress=False)
+    rows = ActiveLoop(cfg).run()
+    print(f"\n{cfg.name}: {cfg.strategy.name} on {cfg.model.name}, run directory {cfg.run_dir}")
+    print(format_table(rows))
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from raydal.config import load_config
+    from raydal.loop import ActiveLoop
+    from raydal.report import format_table
+    from raydal.storage import read_json
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "config.yaml").exists():
+        print(f"error: {run_dir} is not a raydal run directory (no config.yaml)", file=sys.stderr)
+        return 2
+    state = read_json(run_dir / "state.json", {})
+    loop = ActiveLoop(load_config(run_dir / "config.yaml"), run_dir)
+    print(json.dumps(state))
+    print(f"labels: {len(loop.labels.labels())} in rounds {loop.labels.rounds()}")
+    print(format_table(loop.metrics()))
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from raydal.datasets import prepare_dataset
+    meta = prepare_dataset(args.name, args.out, args.source)
+    print(json.dumps(meta))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="raydal", description="Ray-distributed active learning")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run or resume an active-learning loop")
+    r.add_argument("config", help="YAML config (see configs/)")
+    r.add_argument("--run-dir", help="override the config's run_dir")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.set_defaults(fn=_cmd_run)
+    s = sub.add_parser("status", help="show a run's state and per-round metrics")
+    s.add_argument("run_dir")
+    s.set_defaults(fn=_cmd_status)
+    d = sub.add_parser("data", help="import a data set into the pool format")
+    d.add_argument("name", help="fashion-mnist or mnist")
+    d.add_argument("--out", default="data/fashion-mnist")
+    d.add_argument("--source", help="folder of the original files (default: Debian's path)")
+    d.set_defaults(fn=_cmd_data)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    import logging
+    from raydal.config import ConfigError
+    from raydal.pool import PoolError
+    from raydal.storage import RunDirLocked
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ConfigError, PoolError, RunDirLocked, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Typed, validated run configuration (YAML -> objects).
+
+Every error names the field, the bad value and what is expected, and arrives before any work.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from raydal.scoring.base import suggest
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message says which field and how to fix it."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    dataset: str | None = Field(
+        "fashion-mnist", description="registered importer (fashion-mnist, mnist) or null to use "
+        "pool/truth/test paths")
+    source: str | None = Field(None, description="folder with the data set's original files")
+    prepared_dir: str = Field("data/fashion-mnist", description="where the import is written")
+    pool: str | None = Field(None, description="Parquet pool (id, image|path) when dataset is null")
+    truth: str | None = Field(None, description="Parquet (id, label) for the simulated oracle")
+    test: str | None = Field(None, description="Parquet (id, image|path, label) for evaluation")
+    num_classes: int | None = Field(None, ge=2)
+    pool_subsample: int | None = Field(None, ge=1, description="use a seeded subset of the pool")
+    test_subsample: int | None = Field(None, ge=1, description="evaluate on a seeded subset")
+
+    @model_validator(mode="after")
+    def _paths_or_dataset(self):
+        if self.dataset is None:
+            missing = [k for k in ("pool", "truth", "test", "num_classes")
+                       if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"with data.dataset null, set data.{missing[0]} "
+                                 f"(missing: {', '.join('data.' + m for m in missing)})")
+        else:
+            from raydal.datasets import list_datasets
+            if self.dataset not in list_datasets():
+                raise ValueError(f"data.dataset: unknown data set {self.dataset!r}; expected "
+                                 f"one of {list_datasets()} or null." +
+                                 suggest(self.dataset, list_datasets()))
+        return self
+
+
+class ModelConfig(_Section):
+    name: str = Field("resnet18", description="any timm model name")
+    in_chans: int = Field(1, ge=1, le=16)
+    img_size: int = Field(32, ge=8, le=1024)
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="extra timm.create_model args")
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        import timm
+        if not timm.is_model(v):
+            names = timm.list_models()
+            raise ValueError(f"unknown timm model {v!r}; see timm.list_models()." +
+                             suggest(v, names))
+        return v
+
+
+class StrategyConfig(_Section):
+    name: str = "dynamicAL"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_strategy(self):
+        import raydal.scoring as scoring
+        try:
+            scoring.create_strategy(self.name, **self.options)
+        except (ValueError, TypeError) as e:
+            raise ValueError(str(e)) from None
+        return self
+
+
+class LoopConfig(_Section):
+    initial: int = Field(100, ge=1, description="labels bought at random before round 1")
+    per_round: int = Field(100, ge=1, description="labels bought each round (the query size b)")
+    rounds: int = Field(4, ge=0, description="selection rounds after the initial set")
+    warm_start: bool = Field(True, description="start each round from the last weights")
+    oracle: Literal["simulated"] = "simulated"
+
+
+class SelectionConfig(_Section):
+    num_actors: int = Field(2, ge=1)
+    batch_size: int = Field(256, ge=1)
+    num_gpus_per_actor: float = Field(0.0, ge=0)
+    num_cpus_per_actor: float = Field(0.5, gt=0)
+
+
+class TrainingConfig(_Section):
+    epochs: int = Field(25, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    num_workers: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = False
+
+
+class RayConfig(_Section):
+    address: str | None = Field(None, description="None: connect to RAY_ADDRESS or start local")
+    num_cpus: int | None = Field(None, ge=1, description="for a local cluster only")
+
+
+class RunConfig(_Section):
+    name: str = "run"
+    seed: int = 0
+    run_dir: str = "runs/run"
+    progress: bool = True
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    loop: LoopConfig = Field(default_factory=LoopConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    def with_overrides(self, **kw: Any) -> "RunConfig":
+        return parse_config({**self.model_dump(mode="json"), **kw})
+
+
+def _explain(err: ValidationError, cls: type[BaseModel]) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            parent = cls
+            for part in e["loc"][:-1]:
+                field = parent.model_fields.get(str(part))
+                parent = getattr(field, "annotation", None) if field else None
+                if not (isinstance(parent, type) and issubclass(parent, BaseModel)):
+                    parent = None
+                    break
+            known = list(parent.model_fields) if parent else []
+            lines.append(f"config field '{loc}': unknown key; expected one of {known}."
+                         + suggest(str(e["loc"][-1]), known))
+        elif e["type"] == "value_error" or loc == "":
+            lines.append(f"config field '{loc or '(top level)'}': {msg}")
+        else:
+            lines.append(f"config field '{loc}': got {e.get('input')!r}; {msg.lower()}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def parse_config(data: dict[str, Any] | None) -> RunConfig:
+    """Validate a config mapping; ConfigError names every bad field."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid config: expected a mapping at the top level, got "
+                          f"{type(data).__name__}")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_explain(e, RunConfig)) from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    return parse_config(data)

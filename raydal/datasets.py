@@ -1,0 +1,121 @@
+"""Importers of real data sets into raydal's pool format, each registered by name.
+
+An imported data set is a folder holding
+  pool.parquet   id (string), image (PNG bytes)        -- the unlabeled pool
+  truth.parquet  id, label (int64)                     -- ground truth for the simulated oracle,
+                                                          kept apart from the pool
+  test.parquet   id, image, label                      -- held-out evaluation set
+  meta.json      name, num_classes, in_chans, classes
+"""
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from raydal.storage import atomic_write_json, atomic_write_parquet, read_json
+from raydal.transforms import encode_png
+
+_IMPORTERS: dict[str, Callable[[Path, Path], dict]] = {}
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                         "Shirt", "Sneaker", "Bag", "Ankle boot"]
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def register_dataset(name: str, default_source: Path | None = None):
+    def deco(fn):
+        fn.default_source = default_source
+        _IMPORTERS[name] = fn
+        return fn
+    return deco
+
+
+def list_datasets() -> list[str]:
+    return sorted(_IMPORTERS)
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (MNIST format), gzipped or plain, into an array of its declared shape."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise ValueError(f"{path} is not an IDX file (bad magic number {data[:4]!r})")
+    ndim = data[3]
+    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    body = np.frombuffer(data, dtype=dtype, offset=4 + 4 * ndim)
+    expected = int(np.prod(shape))
+    if body.size != expected:
+        raise ValueError(f"{path}: header declares shape {shape} ({expected} values) but the "
+                         f"file holds {body.size}; it is truncated or corrupt")
+    return body.reshape(shape)
+
+
+def _find(source: Path, stem: str) -> Path:
+    for name in (stem + ".gz", stem):
+        if (source / name).exists():
+            return source / name
+    raise FileNotFoundError(
+        f"{source / stem}(.gz) not found. Install the data with "
+        "`apt-get install -y dataset-fashion-mnist` or point `data.source` at a folder holding "
+        "the original IDX files.")
+
+
+def images_table(images: np.ndarray, ids: list[str], labels: np.ndarray | None = None) -> pa.Table:
+    """Pool-format table: id, image (PNG bytes)[, label]."""
+    cols = {"id": pa.array(ids, pa.string()),
+            "image": pa.array([encode_png(im) for im in images], pa.binary())}
+    if labels is not None:
+        cols["label"] = pa.array(np.asarray(labels, dtype=np.int64))
+    return pa.table(cols)
+
+
+def _import_idx(source: Path, out: Path, name: str, classes: list[str]) -> dict:
+    train_x = read_idx(_find(source, "train-images-idx3-ubyte"))
+    train_y = read_idx(_find(source, "train-labels-idx1-ubyte"))
+    test_x = read_idx(_find(source, "t10k-images-idx3-ubyte"))
+    test_y = read_idx(_find(source, "t10k-labels-idx1-ubyte"))
+    train_ids = [f"train-{i:05d}" for i in range(len(train_x))]
+    test_ids = [f"test-{i:05d}" for i in range(len(test_x))]
+    pool = images_table(train_x, train_ids)
+    atomic_write_parquet(out / "pool.parquet", pool)
+    atomic_write_parquet(out / "truth.parquet", pa.table({
+        "id": pa.array(train_ids, pa.string()), "label": pa.array(train_y.astype(np.int64))}))
+    atomic_write_parquet(out / "test.parquet", images_table(test_x, test_ids, test_y))
+    meta = {"name": name, "num_classes": len(classes), "in_chans": 1, "classes": classes,
+            "pool_rows": len(train_ids), "test_rows": len(test_ids), "source": str(source)}
+    atomic_write_json(out / "meta.json", meta)  # written last: marks the import complete
+    return meta
+
+
+@register_dataset("fashion-mnist", default_source=FASHION_MNIST_DIR)
+def import_fashion_mnist(source: Path, out: Path) -> dict:
+    return _import_idx(source, out, "fashion-mnist", FASHION_MNIST_CLASSES)
+
+
+@register_dataset("mnist", default_source=Path("/usr/share/datasets/mnist"))
+def import_mnist(source: Path, out: Path) -> dict:
+    return _import_idx(source, out, "mnist", [str(d) for d in range(10)])
+
+
+def prepare_dataset(name: str, out: str | Path, source: str | Path | None = None) -> dict:
+    """Import data set ``name`` into ``out`` once; later calls return the recorded meta."""
+    if name not in _IMPORTERS:
+        from raydal.scoring.base import suggest
+        raise ValueError(f"unknown data set {name!r}; expected one of {list_datasets()}."
+                         + suggest(name, list_datasets()))
+    out = Path(out)
+    meta = read_json(out / "meta.json")
+    if meta is not None and meta.get("name") == name:
+        return meta
+    importer = _IMPORTERS[name]
+    src = Path(source) if source is not None else importer.default_source
+    out.mkdir(parents=True, exist_ok=True)
+    return importer(src, out)

@@ -1,0 +1,74 @@
+"""LabelLog: the append-only record of every label bought, one Parquet file a round.
+
+labels/round-0000.parquet holds id, label, round, source. A round's file is written once,
+atomically; the log refuses to write a round twice or to label an id twice, so a resumed or
+repeated run can never duplicate or lose a label.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Mapping
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raydal.storage import atomic_write_parquet
+
+_ROUND_FILE = re.compile(r"round-(\d{4,})\.parquet$")
+
+
+class LabelError(ValueError):
+    """Labels that would corrupt the log (duplicates, unknown ids, bad classes)."""
+
+
+class LabelLog:
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    def round_path(self, round_: int) -> Path:
+        return self.folder / f"round-{round_:04d}.parquet"
+
+    def rounds(self) -> list[int]:
+        if not self.folder.exists():
+            return []
+        return sorted(int(m.group(1)) for p in self.folder.iterdir()
+                      if (m := _ROUND_FILE.search(p.name)))
+
+    def has_round(self, round_: int) -> bool:
+        return self.round_path(round_).exists()
+
+    def table(self) -> pa.Table:
+        """All labels so far: id, label, round, source."""
+        tables = [pq.read_table(self.round_path(r)) for r in self.rounds()]
+        if not tables:
+            return pa.table({"id": pa.array([], pa.string()), "label": pa.array([], pa.int64()),
+                             "round": pa.array([], pa.int64()), "source": pa.array([], pa.string())})
+        return pa.concat_tables(tables)
+
+    def labels(self) -> dict[str, int]:
+        t = self.table()
+        return dict(zip(t.column("id").to_pylist(), t.column("label").to_pylist()))
+
+    def append(self, round_: int, labels: Mapping[str, int], source: str,
+               num_classes: int | None = None) -> Path:
+        """Write round ``round_``'s labels in one atomic file; refuse duplicates."""
+        if self.has_round(round_):
+            raise LabelError(f"labels for round {round_} already exist at "
+                             f"{self.round_path(round_)}; a round is labeled once")
+        known = self.labels()
+        dup = [i for i in labels if i in known]
+        if dup:
+            raise LabelError(f"{len(dup)} ids are already labeled (e.g. {dup[0]!r}); "
+                             "a label is never written twice")
+        for i, y in labels.items():
+            if not isinstance(y, int) or isinstance(y, bool) or y < 0 or (
+                    num_classes is not None and y >= num_classes):
+                raise LabelError(f"label of {i!r} is {y!r}; expected an int in "
+                                 f"[0, {num_classes if num_classes is not None else 'C'})")
+        ids = sorted(labels)
+        return atomic_write_parquet(self.round_path(round_), pa.table({
+            "id": pa.array(ids, pa.string()),
+            "label": pa.array([labels[i] for i in ids], pa.int64()),
+            "round": pa.array([round_] * len(ids), pa.int64()),
+            "source": pa.array([source] * len(ids), pa.string())}))

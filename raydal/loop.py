@@ -1,0 +1,218 @@
+"""ActiveLoop: the round state machine, resumable from what is on disk.
+
+Round 0 buys ``loop.initial`` random labels. Round r >= 1: train on all labels so far ->
+evaluate -> select ``loop.per_round`` ids -> label them. Every step's output is a file written
+atomically, and a step whose output exists is never redone, so running again on the same run
+directory continues where the last run stopped, with no label lost or bought twice:
+
+  selections/round-r.parquet   written before labeling; reused, never re-selected
+  labels/round-r.parquet       written once (LabelLog refuses a second write)
+  checkpoints/round-r/         complete or absent (folder renamed into place)
+  metrics.jsonl                rebuilt from the checkpoints' and selections' records
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from raydal.config import ConfigError, RunConfig
+from raydal.datasets import prepare_dataset
+from raydal.labels import LabelLog
+from raydal.models import ModelSpec, read_checkpoint_meta
+from raydal.oracle import SimulatedOracle
+from raydal.pool import Pool
+from raydal.scoring.base import create_strategy
+from raydal.storage import (atomic_write_bytes, atomic_write_json, atomic_write_parquet,
+                            read_json, run_dir_lock)
+from raydal.train import TrainSettings
+
+log = logging.getLogger("raydal")
+#: Config sections that must not change when a run is resumed (they define what was bought).
+_FIXED_ON_RESUME = ("seed", "data", "model", "strategy")
+_FIXED_LOOP = ("initial", "per_round")
+
+
+@dataclass
+class RunData:
+    pool: Pool
+    truth: str
+    test: str
+    num_classes: int
+
+
+def ensure_ray(cfg: RunConfig) -> None:
+    """Connect to the configured (or RAY_ADDRESS) cluster, or start a local one."""
+    import ray
+    if ray.is_initialized():
+        return
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    kwargs = dict(include_dashboard=False, logging_level=logging.WARNING,
+                  log_to_driver=cfg.progress)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=cfg.ray.num_cpus, **kwargs)
+    import ray.data
+    ray.data.DataContext.get_current().enable_progress_bars = False  # raydal draws its own
+
+
+class ActiveLoop:
+    """``ActiveLoop(config).run()`` runs (or resumes) the loop in ``config.run_dir``."""
+
+    def __init__(self, config: RunConfig, run_dir: str | Path | None = None):
+        self.config = config
+        self.run_dir = Path(run_dir or config.run_dir)
+        self.labels = LabelLog(self.run_dir / "labels")
+
+    # ---- paths -------------------------------------------------------------------------------
+    def selection_path(self, r: int) -> Path:
+        return self.run_dir / "selections" / f"round-{r:04d}.parquet"
+
+    def checkpoint_path(self, r: int) -> Path:
+        return self.run_dir / "checkpoints" / f"round-{r:04d}"
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def run(self) -> list[dict]:
+        """Run every remaining step; return the per-round metrics."""
+        with run_dir_lock(self.run_dir):
+            self._check_resume_config()
+            ensure_ray(self.config)
+            data = self._prepare_data()
+            cfg = self.config
+            self._select_and_label(0, data, model=None)
+            for r in range(cfg.loop.rounds + 1):
+                self._train(r, data)
+                self._write_metrics()
+                if r < cfg.loop.rounds:
+                    self._select_and_label(r + 1, data, model=self.checkpoint_path(r))
+            self._set_state(cfg.loop.rounds, "done")
+            rows = self.metrics()
+            from raydal.report import write_learning_curve
+            write_learning_curve({cfg.name: rows}, self.run_dir / "report" / "learning_curve.png")
+            return rows
+
+    def _check_resume_config(self) -> None:
+        path = self.run_dir / "config.yaml"
+        new = self.config.model_dump(mode="json")
+        if path.exists():
+            old = yaml.safe_load(path.read_text()) or {}
+            changed = [k for k in _FIXED_ON_RESUME if old.get(k) != new.get(k)]
+            changed += [f"loop.{k}" for k in _FIXED_LOOP
+                        if (old.get("loop") or {}).get(k) != new["loop"].get(k)]
+            if changed:
+                raise ConfigError(
+                    f"run directory {self.run_dir} was started with a different "
+                    f"{', '.join(changed)}; resume with the same values (see its config.yaml) "
+                    "or choose a new run_dir")
+        atomic_write_bytes(path, yaml.safe_dump(new, sort_keys=False).encode())
+
+    def _prepare_data(self) -> RunData:
+        d, seed = self.config.data, self.config.seed
+        if d.dataset is not None:
+            meta = prepare_dataset(d.dataset, d.prepared_dir, d.source)
+            root = Path(d.prepared_dir)
+            pool, truth, test = root / "pool.parquet", root / "truth.parquet", root / "test.parquet"
+            num_classes = meta["num_classes"]
+        else:
+            pool, truth, test, num_classes = Path(d.pool), Path(d.truth), Path(d.test), d.num_classes
+        pool_ = Pool(pool)
+        if d.pool_subsample:
+            pool_ = pool_.subsample(d.pool_subsample, seed, self.run_dir / "data" / "pool.parquet")
+        if d.test_subsample:
+            test = Pool(test).subsample(d.test_subsample, seed + 1,
+                                        self.run_dir / "data" / "test.parquet").path
+        return RunData(pool_, str(truth), str(test), num_classes)
+
+    def model_spec(self, num_classes: int) -> ModelSpec:
+        m = self.config.model
+        return ModelSpec(m.name, num_classes, m.in_chans, m.img_size, tuple(m.mean),
+                         tuple(m.std), dict(m.kwargs))
+
+    def _set_state(self, r: int, phase: str) -> None:
+        atomic_write_json(self.run_dir / "state.json", {
+            "round": r, "phase": phase, "num_labeled": len(self.labels.labels()),
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+    def _select_and_label(self, r: int, data: RunData, model: Path | None) -> None:
+        from raydal.select import select
+        if self.labels.has_round(r):
+            return
+        cfg = self.config
+        sel_path = self.selection_path(r)
+        if not sel_path.exists():
+            self._set_state(r, "select")
+            labeled = self.labels.labels()
+            if r == 0:
+                strategy, budget = create_strategy("random", seed=cfg.seed), cfg.loop.initial
+            else:
+                strategy = create_strategy(cfg.strategy.name, **cfg.strategy.options)
+                budget = cfg.loop.per_round
+            s = cfg.selection
+            sel = select(data.pool, model, strategy, budget, labeled,
+                         num_actors=s.num_actors, batch_size=s.batch_size,
+                         num_gpus_per_actor=s.num_gpus_per_actor,
+                         num_cpus_per_actor=s.num_cpus_per_actor,
+                         input_spec=self.model_spec(data.num_classes).input_spec,
+                         progress=cfg.progress)
+            atomic_write_json(sel_path.with_suffix(".json"), {
+                "round": r, "strategy": strategy.name, "budget": budget,
+                "num_selected": len(sel.ids), "num_scored": sel.num_scored,
+                "seconds": sel.seconds, "skipped": [list(x) for x in sel.skipped]})
+            atomic_write_parquet(sel_path, sel.to_table())  # the commit point of a selection
+        self._set_state(r, "label")
+        import pyarrow.parquet as pq
+        ids = [str(i) for i in pq.read_table(sel_path, columns=["id"]).column("id").to_pylist()]
+        t0 = time.perf_counter()
+        answers = SimulatedOracle(data.truth).label(ids)
+        self.labels.append(r, answers, source="simulated", num_classes=data.num_classes)
+        meta = read_json(sel_path.with_suffix(".json"), {})
+        meta["label_seconds"] = time.perf_counter() - t0
+        atomic_write_json(sel_path.with_suffix(".json"), meta)
+
+    def _train(self, r: int, data: RunData) -> None:
+        from raydal.train import train_round
+        ckpt = self.checkpoint_path(r)
+        if ckpt.exists():
+            return
+        self._set_state(r, "train")
+        cfg, t = self.config, self.config.training
+        labels = self.labels.labels()
+        warm = self.checkpoint_path(r - 1) if cfg.loop.warm_start and r > 0 else None
+        settings = TrainSettings(t.epochs, t.batch_size, t.lr, t.weight_decay, t.num_workers,
+                                 t.cpus_per_worker, t.use_gpu, seed=cfg.seed + r)
+        m = train_round(self.model_spec(data.num_classes), data.pool, labels, data.test,
+                        settings, ckpt, warm, self.run_dir / "ray_train", progress=cfg.progress)
+        self._set_state(r, "trained")
+        print(f"round {r}: {len(labels)} labels, test accuracy {m['test_accuracy']:.4f} "
+              f"(train {m['seconds']:.1f}s)", flush=True)
+
+    # ---- records -----------------------------------------------------------------------------
+    def metrics(self) -> list[dict]:
+        """One row a trained round: round, num_labeled, test_accuracy, seconds per phase."""
+        rows = []
+        r = 0
+        while self.checkpoint_path(r).exists():
+            meta = read_checkpoint_meta(self.checkpoint_path(r))
+            sel = read_json(self.selection_path(r).with_suffix(".json"), {})
+            m = meta.get("metrics", {})
+            rows.append({
+                "round": r, "num_labeled": meta.get("num_labeled"),
+                "strategy": sel.get("strategy"),
+                "test_accuracy": m.get("test_accuracy"), "train_loss": m.get("train_loss"),
+                "seconds": {"select": round(sel.get("seconds", 0.0), 3),
+                            "label": round(sel.get("label_seconds", 0.0), 3),
+                            "train": round(meta.get("train_seconds", 0.0), 3)},
+                "skipped_images": len(sel.get("skipped", []))})
+            r += 1
+        return rows
+
+    def _write_metrics(self) -> None:
+        rows = self.metrics()
+        atomic_write_bytes(self.run_dir / "metrics.jsonl",
+                           "".join(json.dumps(row) + "\n" for row in rows).encode())

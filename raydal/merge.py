@@ -1,0 +1,55 @@
+"""Exact top-k selection and its streaming merge (pure numpy, no Ray).
+
+Order: higher score first; equal scores break by smaller id (string order). Because this is a
+total order on (score, id) and each sample's score does not depend on its batch, the top-k of
+the union of any partition's per-part top-k is the global top-k: sharding never changes a pick.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def top_k(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``k`` of (ids (N,) str, scores (N,) float64), best first. NaN scores are dropped."""
+    ids = np.asarray(ids, dtype=str)
+    scores = np.asarray(scores, dtype=np.float64)
+    keep = ~np.isnan(scores)
+    ids, scores = ids[keep], scores[keep]
+    if len(scores) > k:  # cheap prefilter: everything strictly above the k-th value, plus ties
+        kth = np.partition(-scores, k - 1)[k - 1]
+        keep = -scores <= kth
+        ids, scores = ids[keep], scores[keep]
+    order = np.lexsort((ids, -scores))[:k]
+    return ids[order], scores[order]
+
+
+class StreamingTopK:
+    """Merges (ids, scores) chunks into the exact top-k, holding O(k + chunk) rows."""
+
+    def __init__(self, k: int):
+        if k < 1:
+            raise ValueError(f"k must be a positive int, got {k}")
+        self.k = k
+        self._ids: list[np.ndarray] = []
+        self._scores: list[np.ndarray] = []
+        self._buffered = 0
+
+    def add(self, ids: np.ndarray, scores: np.ndarray) -> None:
+        self._ids.append(np.asarray(ids, dtype=str))
+        self._scores.append(np.asarray(scores, dtype=np.float64))
+        self._buffered += len(self._ids[-1])
+        if self._buffered > 4 * self.k + 4096:
+            self._reduce()
+
+    def _reduce(self) -> None:
+        if not self._ids:
+            return
+        ids, scores = top_k(np.concatenate(self._ids), np.concatenate(self._scores), self.k)
+        self._ids, self._scores, self._buffered = [ids], [scores], len(ids)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids (<=k,), scores (<=k,)), best first."""
+        self._reduce()
+        if not self._ids:
+            return np.array([], dtype=str), np.array([], dtype=np.float64)
+        return self._ids[0], self._scores[0]

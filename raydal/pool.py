@@ -1,0 +1,179 @@
+"""Pool: an unlabeled image pool stored as Parquet with stable, unique string ids.
+
+Rows hold an ``id`` and either encoded image bytes (``image``) or a file path (``path``).
+A Pool is only a reference to files: it streams (``to_dataset`` for Ray Data, ``iter_batches``
+locally) and is never loaded whole into one process.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from raydal.datasets import images_table
+from raydal.storage import atomic_write, atomic_write_parquet
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+
+
+class PoolError(ValueError):
+    """A pool that cannot be used as given (missing columns, duplicate ids, ...)."""
+
+
+class Pool:
+    """Reference to a Parquet pool (one file or a folder of files).
+
+    path: Parquet file or folder. The pool needs a string-convertible ``id`` column and one of
+    ``image`` (binary) or ``path`` (string) columns.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        if not Path(self.path).exists():
+            raise PoolError(f"pool {self.path} does not exist")
+        names = self._dataset().schema.names
+        if "id" not in names:
+            raise PoolError(f"pool {self.path} has no 'id' column (columns: {names}); "
+                            "every row needs a stable unique id")
+        if "image" in names:
+            self.image_column = "image"
+        elif "path" in names:
+            self.image_column = "path"
+        else:
+            raise PoolError(f"pool {self.path} needs an 'image' (bytes) or 'path' column; "
+                            f"it has {names}")
+
+    def __repr__(self) -> str:
+        return f"Pool({self.path!r}, rows={self.num_rows})"
+
+    def _dataset(self) -> pads.Dataset:
+        return pads.dataset(self.path, format="parquet")
+
+    @property
+    def num_rows(self) -> int:
+        return self._dataset().count_rows()
+
+    @property
+    def columns(self) -> list[str]:
+        return ["id", self.image_column]
+
+    def to_dataset(self, **read_args):
+        """A streaming ``ray.data.Dataset`` of (id, image|path)."""
+        import ray.data
+        return ray.data.read_parquet(self.path, columns=self.columns, **read_args)
+
+    def iter_batches(self, columns: Sequence[str] | None = None,
+                     batch_size: int = 4096) -> Iterator[pa.RecordBatch]:
+        """Stream record batches in this process (ids only by default)."""
+        yield from self._dataset().to_batches(columns=list(columns or ["id"]),
+                                              batch_size=batch_size)
+
+    def iter_ids(self, batch_size: int = 65536) -> Iterator[list[str]]:
+        for batch in self.iter_batches(["id"], batch_size):
+            yield [str(v) for v in batch.column(0).to_pylist()]
+
+    def take(self, ids: Iterable[str]) -> pa.Table:
+        """Rows whose id is in ``ids`` (a filtered scan: only matching rows are kept)."""
+        wanted = pa.array(sorted(set(ids)), pa.string())
+        table = self._dataset().to_table(
+            columns=self.columns, filter=pc.field("id").cast(pa.string()).isin(wanted))
+        return table.set_column(0, "id", pc.cast(table.column("id"), pa.string()))
+
+    def check_ids(self) -> int:
+        """Raise PoolError on null or duplicate ids; return the row count."""
+        seen: set[str] = set()
+        n = 0
+        for batch in self.iter_batches(["id"]):
+            col = batch.column(0)
+            if col.null_count:
+                raise PoolError(f"pool {self.path} has {col.null_count} rows without an id")
+            for v in col.to_pylist():
+                v = str(v)
+                if v in seen:
+                    raise PoolError(f"pool {self.path} has duplicate id {v!r}; ids must be unique")
+                seen.add(v)
+            n += len(col)
+        return n
+
+    def subsample(self, n: int, seed: int, path: str | Path) -> "Pool":
+        """Seeded subset of ``n`` rows written to ``path`` (kept if it already exists)."""
+        if Path(path).exists():
+            return Pool(path)
+        ids = [i for chunk in self.iter_ids() for i in chunk]
+        if n > len(ids):
+            raise PoolError(f"cannot subsample {n} rows from a pool of {len(ids)}")
+        chosen = np.random.default_rng(seed).choice(len(ids), size=n, replace=False)
+        table = self._dataset().to_table(filter=pc.field("id").cast(pa.string()).isin(
+            pa.array([ids[i] for i in chosen], pa.string())))
+        atomic_write_parquet(path, table)
+        return Pool(path)
+
+    # ---- builders ----------------------------------------------------------------------------
+    @classmethod
+    def from_parquet(cls, path: str | Path) -> "Pool":
+        return cls(path)
+
+    @classmethod
+    def from_numpy(cls, images: np.ndarray, ids: Sequence[str] | None = None,
+                   path: str | Path | None = None) -> "Pool":
+        """images: (N, H, W) or (N, H, W, C) uint8; ids default to '000000'.. in order."""
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim not in (3, 4):
+            raise PoolError(f"images must be uint8 of shape (N, H, W) or (N, H, W, C), got "
+                            f"{images.dtype} {images.shape}")
+        if ids is None:
+            ids = [f"{i:08d}" for i in range(len(images))]
+        ids = [str(i) for i in ids]
+        if len(ids) != len(images):
+            raise PoolError(f"{len(ids)} ids for {len(images)} images")
+        if len(set(ids)) != len(ids):
+            raise PoolError("ids must be unique")
+        path = Path(path) if path else Path(tempfile.mkdtemp(prefix="raydal-pool-")) / "pool.parquet"
+
+        def write(tmp: Path) -> None:
+            with pq.ParquetWriter(tmp, images_table(images[:1], ids[:1]).schema) as w:
+                for s in range(0, len(images), 8192):
+                    w.write_table(images_table(images[s:s + 8192], ids[s:s + 8192]))
+        atomic_write(path, write)
+        return cls(path)
+
+    @classmethod
+    def from_image_folder(cls, folder: str | Path, path: str | Path | None = None,
+                          store_bytes: bool = False) -> "Pool":
+        """A pool of every image file under ``folder`` (recursively; ImageNet or flat layout).
+
+        ids are paths relative to ``folder``; rows hold absolute paths (or the bytes if
+        ``store_bytes``). Returns the pool; class names of an ImageNet layout are available
+        from ``labels_from_folder_names``.
+        """
+        folder = Path(folder).resolve()
+        files = sorted(p for p in folder.rglob("*")
+                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise PoolError(f"no image files ({sorted(IMAGE_SUFFIXES)}) under {folder}")
+        path = Path(path) if path else Path(tempfile.mkdtemp(prefix="raydal-pool-")) / "pool.parquet"
+        ids = pa.array([p.relative_to(folder).as_posix() for p in files], pa.string())
+        if store_bytes:
+            col = ("image", pa.array([p.read_bytes() for p in files], pa.binary()))
+        else:
+            col = ("path", pa.array([str(p) for p in files], pa.string()))
+        atomic_write_parquet(path, pa.table({"id": ids, col[0]: col[1]}))
+        return cls(path)
+
+
+def labels_from_folder_names(pool: Pool) -> tuple[pa.Table, list[str]]:
+    """For an ImageNet-layout pool (``class/file``): (id, label) table and sorted class names."""
+    ids = [i for chunk in pool.iter_ids() for i in chunk]
+    names = [i.split("/", 1)[0] if "/" in i else None for i in ids]
+    if any(n is None for n in names):
+        raise PoolError("not an ImageNet layout: some images are not inside a class folder")
+    classes = sorted(set(names))
+    index = {c: k for k, c in enumerate(classes)}
+    return pa.table({"id": pa.array(ids, pa.string()),
+                     "label": pa.array([index[n] for n in names], pa.int64())}), classes

@@ -1,0 +1,77 @@
+"""Strategy protocol and registry.
+
+A strategy scores candidates independently: ``score`` of one sample depends only on that
+sample, its id and the round's ``context`` (computed once by ``prepare``). That is what lets
+any sharding of the pool produce the same global top-b (see ``raydal.merge``).
+Higher scores are picked first.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any, ClassVar, Iterable
+
+import torch
+
+_REGISTRY: dict[str, type["Strategy"]] = {}
+
+
+class Strategy:
+    """Base class. Subclasses are dataclasses whose fields are the strategy's options."""
+
+    name: ClassVar[str]
+    needs_model: ClassVar[bool] = True
+    needs_labeled: ClassVar[bool] = False
+
+    def prepare(self, model: torch.nn.Module | None,
+                labeled: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Any:
+        """Per-round context, computed once (e.g. dynamicAL's cached labeled gradient).
+
+        labeled: batches of (x (B, C, H, W) model inputs, y (B,) int64 true classes), streamed so
+        the labeled set need not fit in memory. Returns a picklable object that is shipped to
+        every scoring actor. Called only when ``needs_labeled``.
+        """
+        return None
+
+    def score(self, model: torch.nn.Module | None, x: torch.Tensor, ids: list[str],
+              context: Any) -> torch.Tensor:
+        """Scores of a batch: x (B, C, H, W) model inputs, ids (B,) -> (B,) float64."""
+        raise NotImplementedError
+
+    def options(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
+
+
+def register_strategy(cls: type[Strategy]) -> type[Strategy]:
+    """Class decorator: make ``cls`` available to ``create_strategy(cls.name)``."""
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"strategy {cls.name!r} is already registered by {_REGISTRY[cls.name]}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def list_strategies() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def suggest(name: str, choices: list[str]) -> str:
+    """' Did you mean ...?' for a mistyped name, or ''."""
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+    if not close:
+        lowered = {c.lower(): c for c in choices}
+        close = [lowered[name.lower()]] if name.lower() in lowered else []
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def create_strategy(name: str, **options: Any) -> Strategy:
+    """Build a registered strategy; unknown names and options raise ValueError with a hint."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown strategy {name!r}; expected one of {list_strategies()}."
+                         + suggest(name, list_strategies()))
+    cls = _REGISTRY[name]
+    fields = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+    for key in options:
+        if key not in fields:
+            raise ValueError(f"strategy {name!r} has no option {key!r}; its options are {fields}."
+                             + suggest(key, fields))
+    return cls(**options)

@@ -1,0 +1,75 @@
+"""dynamicAL (Wang et al., NeurIPS 2022): pick the pool samples that most speed up training.
+
+score(u) = ||g_u||^2 + ip_weight * <g_L, g_u>, g_u the pseudo-label gradient of candidate u and g_L
+the labeled set's summed gradient (computed once per round by ``prepare``, shipped to the actors).
+The maths is in ``raydal.scoring.grads``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from raydal.scoring.base import Strategy, register_strategy
+from raydal.scoring.grads import dynamical_scores, labeled_gradient
+
+
+@register_strategy
+@dataclass
+class DynamicAL(Strategy):
+    """Options: ip_weight (2 in the paper; 0 scores ||g_u||^2 only), params ("all" trainable
+    parameters or "head": classifier only, an approximation), method ("fast" exact one-pass or
+    "vmap" reference), gradient_reduction ("sum" as in the paper or "mean": g_L / N),
+    chunk_size (samples per vmap chunk), mixed_precision (bfloat16 autocast)."""
+
+    name: ClassVar[str] = "dynamicAL"
+    needs_labeled: ClassVar[bool] = True
+    ip_weight: float = 2.0
+    params: str = "all"
+    method: str = "fast"
+    gradient_reduction: str = "sum"
+    chunk_size: int = 32
+    mixed_precision: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.ip_weight, bool) or not isinstance(self.ip_weight, (int, float)) \
+                or not self.ip_weight >= 0:
+            raise ValueError(f"ip_weight must be a float >= 0, got {self.ip_weight!r}")
+        for option, choices in (("params", ("all", "head")), ("method", ("fast", "vmap")),
+                                ("gradient_reduction", ("sum", "mean"))):
+            if getattr(self, option) not in choices:
+                raise ValueError(f"{option} must be one of {list(choices)}, "
+                                 f"got {getattr(self, option)!r}")
+        if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) \
+                or self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int, got {self.chunk_size!r}")
+        if not isinstance(self.mixed_precision, bool):
+            raise ValueError(f"mixed_precision must be a bool, got {self.mixed_precision!r}")
+
+    def prepare(self, model, labeled) -> dict[str, torch.Tensor]:
+        """g_L as {parameter name: CPU tensor}: the sum (or mean) of the labeled gradients.
+
+        labeled: iterable of (x (B, ...), y (B,)) batches, summed batch by batch.
+        """
+        if model is None:
+            raise ValueError("dynamicAL needs a model to compute the labeled gradient")
+        g_L: dict[str, torch.Tensor] = {}
+        n = 0
+        for x, y in labeled:
+            for name, g in labeled_gradient(model, x, y, params=self.params).items():
+                g_L[name] = g_L[name] + g if name in g_L else g
+            n += len(x)
+        if n == 0:
+            raise ValueError("dynamicAL needs a non-empty labeled set")
+        scale = 1.0 / n if self.gradient_reduction == "mean" else 1.0
+        return {name: (g * scale).detach().cpu() for name, g in g_L.items()}
+
+    def score(self, model, x, ids, context) -> torch.Tensor:
+        """x (B, ...) -> (B,) float64 scores on the CPU; x is moved to the model's device."""
+        device = next(model.parameters()).device
+        scores = dynamical_scores(
+            model, x.to(device), ip_weight=float(self.ip_weight), g_L=context, params=self.params,
+            method=self.method, chunk_size=self.chunk_size,
+            autocast_dtype=torch.bfloat16 if self.mixed_precision else None)
+        return scores.cpu()

@@ -1,0 +1,216 @@
+"""Distributed selection: Ray Data streams the pool through scoring actors; the driver merges.
+
+pool --read_parquet--> ScoreBatches actors (drop labeled ids, decode, score, keep batch top-k)
+     --(id, score) rows, at most k a batch--> driver StreamingTopK --> exact global top-k.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import ray
+import torch
+
+from raydal.merge import StreamingTopK, top_k
+from raydal.models import load_checkpoint
+from raydal.pool import Pool
+from raydal.scoring.base import Strategy, create_strategy
+from raydal.transforms import InputSpec, decode_rows, to_model_input
+
+log = logging.getLogger("raydal")
+
+
+@dataclass
+class Selection:
+    """The picks of one selection, best first, and what was seen on the way."""
+
+    ids: list[str]
+    scores: np.ndarray
+    num_scored: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
+    seconds: float = 0.0
+
+    def to_table(self) -> pa.Table:
+        return pa.table({"id": pa.array(self.ids, pa.string()),
+                         "score": pa.array(self.scores, pa.float64()),
+                         "rank": pa.array(np.arange(len(self.ids)), pa.int64())})
+
+
+# ---- model sources ---------------------------------------------------------------------------
+@dataclass
+class ModelSource:
+    """Where actors get the model: a checkpoint folder, or an in-memory module in the object store."""
+
+    checkpoint: str | None = None
+    module_ref: list | None = None  # [ObjectRef] (wrapped so Ray does not resolve it early)
+    input_spec: InputSpec | None = None
+
+    def load(self, device: str) -> tuple[torch.nn.Module | None, InputSpec]:
+        if self.checkpoint is not None:
+            model, spec = load_checkpoint(self.checkpoint, device)
+            return model.eval(), self.input_spec or spec.input_spec
+        model = ray.get(self.module_ref[0]) if self.module_ref else None
+        if model is not None:
+            model = model.to(device).eval()
+        return model, self.input_spec
+
+
+def model_source(model: torch.nn.Module | str | Path | None,
+                 input_spec: InputSpec | None) -> ModelSource:
+    if model is None or isinstance(model, torch.nn.Module):
+        if input_spec is None:
+            raise ValueError("input_spec is required when model is a module or None; pass "
+                             "input_spec=InputSpec(in_chans, img_size) or a checkpoint path")
+        return ModelSource(module_ref=[ray.put(model)] if model is not None else None,
+                           input_spec=input_spec)
+    return ModelSource(checkpoint=str(model), input_spec=input_spec)
+
+
+def _device(num_gpus: float) -> str:
+    return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
+
+
+# ---- the scoring actor -----------------------------------------------------------------------
+class ScoreBatches:
+    """Callable class for ``map_batches``: model loaded once per actor, one batch per call."""
+
+    def __init__(self, source: ModelSource, strategy: Strategy, context_ref: list,
+                 labeled_ref: list, k: int, num_gpus: float = 0.0, num_threads: int = 1):
+        torch.set_num_threads(max(1, num_threads))
+        self.device = _device(num_gpus)
+        self.strategy = strategy
+        self.model, self.spec = source.load(self.device) if strategy.needs_model else (None, source.input_spec)
+        self.context = ray.get(context_ref[0])
+        self.labeled = ray.get(labeled_ref[0])
+        self.k = k
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ids = np.asarray([str(i) for i in batch["id"]], dtype=object)
+        fresh = np.fromiter((i not in self.labeled for i in ids), bool, len(ids))
+        ids = ids[fresh]
+        images = batch["image"][fresh] if "image" in batch else None
+        paths = batch["path"][fresh] if "path" in batch else None
+        arr, ok, bad = decode_rows(images, paths, self.spec)
+        out_ids: list[str] = []
+        out_scores: list[float] = []
+        if ok:
+            x = to_model_input(arr, self.spec).to(self.device)
+            ok_ids = [ids[i] for i in ok]
+            scores = self.strategy.score(self.model, x, ok_ids, self.context)
+            top_ids, top_scores = top_k(np.asarray(ok_ids, dtype=str),
+                                        scores.detach().double().cpu().numpy(), self.k)
+            out_ids, out_scores = top_ids.tolist(), top_scores.tolist()
+        status = [""] * len(out_ids) + [reason for _, reason in bad]
+        out_ids += [ids[i] for i, _ in bad]
+        out_scores += [float("nan")] * len(bad)
+        n_scored = np.zeros(len(out_ids), dtype=np.int64)
+        if len(out_ids):
+            n_scored[0] = len(ok)
+        return {"id": np.asarray(out_ids, dtype=object), "score": np.asarray(out_scores),
+                "status": np.asarray(status, dtype=object), "n_scored": n_scored}
+
+
+# ---- labeled-set context (runs as a Ray task, next to the data, not on the driver) -----------
+def iter_labeled_batches(pool: Pool, labels: Mapping[str, int], spec: InputSpec,
+                         batch_size: int, device: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Decode the labeled rows of ``pool`` in batches of (x, y); unreadable rows are skipped."""
+    ids = sorted(labels)
+    for s in range(0, len(ids), batch_size):
+        table = pool.take(ids[s:s + batch_size])
+        col = table.column(pool.image_column).to_pylist()
+        images, paths = (col, None) if pool.image_column == "image" else (None, col)
+        arr, ok, _ = decode_rows(images, paths, spec)
+        if ok:
+            row_ids = table.column("id").to_pylist()
+            y = torch.tensor([labels[row_ids[i]] for i in ok], dtype=torch.int64)
+            yield to_model_input(arr, spec).to(device), y.to(device)
+
+
+def _prepare_context(strategy: Strategy, source: ModelSource, pool_path: str,
+                     labels: dict[str, int], batch_size: int, num_gpus: float) -> Any:
+    device = _device(num_gpus)
+    model, spec = source.load(device)
+    return strategy.prepare(model, iter_labeled_batches(Pool(pool_path), labels, spec,
+                                                        batch_size, device))
+
+
+# ---- public entry point ----------------------------------------------------------------------
+def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None = None,
+           strategy: str | Strategy = "dynamicAL", budget: int = 100,
+           labeled: Mapping[str, int] | Sequence[str] | None = None, *,
+           strategy_options: dict[str, Any] | None = None, num_actors: int = 2,
+           batch_size: int = 256, num_gpus_per_actor: float = 0.0,
+           num_cpus_per_actor: float = 0.5, input_spec: InputSpec | None = None,
+           progress: bool = True) -> Selection:
+    """Pick the ``budget`` best unlabeled samples of ``pool``.
+
+    model: a torch module (then ``input_spec`` is required), or a raydal checkpoint folder.
+    labeled: id -> label of the labeled set (labels are needed by dynamicAL), or just ids.
+    The result is identical for any ``num_actors`` and ``batch_size``.
+    num_cpus_per_actor is Ray's logical reservation; each actor runs max(1, int(it)) torch
+    threads. Keep num_actors * num_cpus_per_actor below the cluster's CPUs: Ray Data's file
+    listing and read tasks need a CPU of their own, else the pipeline waits forever.
+    """
+    t0 = time.perf_counter()
+    if budget < 1:
+        raise ValueError(f"budget must be a positive int, got {budget}")
+    if num_actors < 1:
+        raise ValueError(f"num_actors must be a positive int, got {num_actors}")
+    pool = pool if isinstance(pool, Pool) else Pool(pool)
+    if isinstance(strategy, str):
+        strategy = create_strategy(strategy, **(strategy_options or {}))
+    labels = dict(labeled) if isinstance(labeled, Mapping) else {i: -1 for i in (labeled or [])}
+    source = model_source(model, input_spec)
+    if strategy.needs_model and source.checkpoint is None and source.module_ref is None:
+        raise ValueError(f"strategy {strategy.name!r} needs a model; pass model=")
+
+    context = None
+    if strategy.needs_labeled:
+        if not labels or any(v < 0 for v in labels.values()):
+            raise ValueError(f"strategy {strategy.name!r} needs the labels of the labeled set: "
+                             "pass labeled={id: label, ...}")
+        task = ray.remote(_prepare_context).options(num_gpus=num_gpus_per_actor,
+                                                    num_cpus=num_cpus_per_actor)
+        context = ray.get(task.remote(strategy, source, pool.path, labels, batch_size,
+                                      num_gpus_per_actor))
+
+    # Enough blocks that every actor gets work, even for a pool stored as one small file.
+    num_blocks = max(4 * num_actors, -(-pool.num_rows // 20_000))
+    scores_ds = pool.to_dataset(override_num_blocks=num_blocks).map_batches(
+        ScoreBatches,
+        fn_constructor_kwargs=dict(source=source, strategy=strategy,
+                                   context_ref=[ray.put(context)],
+                                   labeled_ref=[ray.put(frozenset(labels))], k=budget,
+                                   num_gpus=num_gpus_per_actor,
+                                   num_threads=int(max(1, num_cpus_per_actor))),
+        batch_size=batch_size, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=num_actors),
+        num_gpus=num_gpus_per_actor, num_cpus=num_cpus_per_actor)
+
+    merger = StreamingTopK(budget)
+    skipped: list[tuple[str, str]] = []
+    num_scored = 0
+    bar = _progress(pool.num_rows - len(labels), f"scoring ({strategy.name})", progress)
+    for out in scores_ds.iter_batches(batch_size=None, batch_format="numpy"):
+        good = out["status"] == ""
+        merger.add(out["id"][good], out["score"][good])
+        skipped += [(str(i), str(r)) for i, r in zip(out["id"][~good], out["status"][~good])]
+        n = int(out["n_scored"].sum())
+        num_scored += n
+        bar.update(n + int((~good).sum()))
+    bar.close()
+    ids, scores = merger.result()
+    if skipped:
+        log.warning("skipped %d unreadable images (first: %s: %s)", len(skipped), *skipped[0])
+    return Selection([str(i) for i in ids], scores, num_scored, skipped,
+                     time.perf_counter() - t0)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+    return tqdm(total=max(total, 0), desc=desc, unit="img", disable=not enabled, leave=False)

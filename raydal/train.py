@@ -1,0 +1,186 @@
+"""Retraining between rounds with Ray Train, and test-set evaluation.
+
+The labeled rows are decoded once a round by Ray Data tasks (the same transform as scoring) and
+materialised in the object store; a ``TorchTrainer`` then trains the timm model on them (warm
+start from the previous round's checkpoint, or a fresh init), evaluates on the test set and
+reports a safetensors checkpoint, which is copied into the run directory.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import ray
+import torch
+
+from raydal.models import ModelSpec, create_model, save_checkpoint
+from raydal.pool import Pool
+from raydal.transforms import InputSpec, decode_rows, to_model_input
+
+log = logging.getLogger("raydal")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 25
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    seed: int = 0
+
+
+def decode_labeled(batch: dict[str, np.ndarray], labels_ref: list, spec: InputSpec
+                   ) -> dict[str, np.ndarray]:
+    """map_batches function: keep rows whose id is in the labels, decode, attach the label.
+
+    labels_ref: [ObjectRef of {id: label}] or [None] to use the batch's own ``label`` column.
+    """
+    labels = ray.get(labels_ref[0]) if labels_ref[0] is not None else None
+    ids = np.asarray([str(i) for i in batch["id"]], dtype=object)
+    keep = (np.ones(len(ids), bool) if labels is None
+            else np.fromiter((i in labels for i in ids), bool, len(ids)))
+    images = batch["image"][keep] if "image" in batch else None
+    paths = batch["path"][keep] if "path" in batch else None
+    arr, ok, _bad = decode_rows(images, paths, spec)
+    kept = ids[keep][ok]
+    if labels is not None:
+        y = np.asarray([labels[i] for i in kept], dtype=np.int64)
+    else:
+        y = np.asarray(batch["label"], dtype=np.int64)[keep][ok]
+    return {"x": arr, "label": y}
+
+
+def decoded_dataset(path: str, spec: InputSpec, labels: Mapping[str, int] | None = None):
+    """Decoded (x uint8 (C,S,S), label) rows of a Parquet set, materialised.
+
+    With ``labels``, only rows whose id is labeled are kept (a pool); without, the file's own
+    ``label`` column is used (a test set).
+    """
+    pool = Pool(path)
+    ds = ray.data.read_parquet(path, columns=pool.columns + ([] if labels else ["label"]))
+    ref = [ray.put(dict(labels)) if labels is not None else None]
+    return ds.map_batches(decode_labeled, fn_kwargs={"labels_ref": ref, "spec": spec},
+                          batch_size=512).materialize()
+
+
+def _train_func(config: dict) -> None:
+    """Runs on each Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+    from safetensors.torch import load_file
+    from tqdm.auto import tqdm
+
+    spec = ModelSpec.from_dict(config["spec"])
+    s = TrainSettings(**config["settings"])
+    torch.manual_seed(s.seed)
+    model = create_model(spec, seed=s.seed)
+    if config["init_checkpoint"]:
+        model.load_state_dict(load_file(Path(config["init_checkpoint"]) / "model.safetensors"))
+    model = ray.train.torch.prepare_model(model)
+    device = ray.train.torch.get_device()
+    opt = torch.optim.Adam(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    train_shard = ray.train.get_dataset_shard("train")
+    bar = tqdm(range(s.epochs), desc="training", unit="epoch", disable=rank != 0 or
+               not config["progress"], leave=False)
+    loss_sum, seen = 0.0, 0
+    for epoch in bar:
+        model.train()
+        loss_sum, seen = 0.0, 0
+        for batch in train_shard.iter_torch_batches(
+                batch_size=s.batch_size, local_shuffle_buffer_size=4096,
+                local_shuffle_seed=s.seed * 1000 + epoch, device=device):
+            x = to_model_input(batch["x"], spec.input_spec).to(device)
+            if len(x) < 2 and seen:  # a batch of 1 breaks BatchNorm; it is one sample of an epoch
+                continue
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), batch["label"])
+            loss.backward()
+            opt.step()
+            loss_sum += float(loss) * len(x)
+            seen += len(x)
+        bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.3f}")
+    correct, total = _evaluate(model, ray.train.get_dataset_shard("test"), spec, device)
+    if ctx.get_world_size() > 1:
+        import torch.distributed as dist
+        t = torch.tensor([correct, total], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        correct, total = int(t[0]), int(t[1])
+    metrics = {"test_accuracy": correct / max(total, 1), "test_count": total,
+               "train_loss": loss_sum / max(seen, 1)}
+    if rank == 0:
+        with tempfile.TemporaryDirectory() as d:
+            inner = getattr(model, "module", model)
+            save_checkpoint(inner, spec, Path(d) / "ckpt", {"metrics": metrics})
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(
+                str(Path(d) / "ckpt")))
+    else:
+        ray.train.report(metrics)
+
+
+@torch.no_grad()
+def _evaluate(model, shard, spec: ModelSpec, device) -> tuple[int, int]:
+    model.eval()
+    correct = total = 0
+    for batch in shard.iter_torch_batches(batch_size=512, device=device):
+        pred = model(to_model_input(batch["x"], spec.input_spec).to(device)).argmax(dim=1)
+        correct += int((pred == batch["label"]).sum())
+        total += len(pred)
+    return correct, total
+
+
+def train_round(spec: ModelSpec, pool: Pool, labels: Mapping[str, int], test_path: str,
+                settings: TrainSettings, out_checkpoint: str | Path,
+                init_checkpoint: str | Path | None, storage_path: str | Path,
+                progress: bool = True) -> dict:
+    """Train on the labeled rows of ``pool``; write the checkpoint folder; return metrics.
+
+    Metrics: test_accuracy, test_count, train_loss, seconds (wall time of the whole call).
+    """
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    t0 = time.perf_counter()
+    train_ds = decoded_dataset(pool.path, spec.input_spec, labels)
+    test_ds = decoded_dataset(test_path, spec.input_spec)
+    storage = Path(storage_path).resolve()
+    name = f"{Path(out_checkpoint).name}-{time.time_ns()}"
+    trainer = TorchTrainer(
+        _train_func,
+        train_loop_config={"spec": spec.to_dict(), "settings": asdict(settings),
+                           "init_checkpoint": str(init_checkpoint) if init_checkpoint else None,
+                           "progress": progress},
+        scaling_config=ScalingConfig(num_workers=settings.num_workers, use_gpu=settings.use_gpu,
+                                     resources_per_worker={"CPU": settings.cpus_per_worker}),
+        run_config=RunConfig(storage_path=str(storage), name=name),
+        datasets={"train": train_ds, "test": test_ds},
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training reported no checkpoint (error: {result.error})")
+    with result.checkpoint.as_directory() as d:
+        model = _load_from(Path(d), spec)
+        metrics = {**result.metrics, "seconds": time.perf_counter() - t0}
+        save_checkpoint(model, spec, out_checkpoint, {
+            "metrics": result.metrics, "num_labeled": len(labels),
+            "train_seconds": metrics["seconds"]})
+    shutil.rmtree(storage / name, ignore_errors=True)
+    return metrics
+
+
+def _load_from(folder: Path, spec: ModelSpec) -> torch.nn.Module:
+    from safetensors.torch import load_file
+    model = create_model(spec)
+    model.load_state_dict(load_file(folder / "model.safetensors"))
+    return model

@@ -1,0 +1,121 @@
+"""The one input transform, shared by training, evaluation and scoring.
+
+Images arrive as encoded bytes (PNG/JPEG/...) or file paths; ``load_image`` decodes one into a
+(C, S, S) uint8 array in the model's channel count and size, and ``to_model_input`` turns a uint8
+batch into the normalised float tensor the model sees. Decoding happens where the data is used
+(scoring actors, training workers), never on the driver.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+#: Refuse images larger than this many pixels before decoding (decompression bombs).
+DEFAULT_MAX_PIXELS = 64_000_000
+
+
+class BadImage(ValueError):
+    """An image that cannot be used: unreadable, truncated, empty, too large or wrong channels."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the model expects: channels, square size in pixels, per-channel mean/std in [0, 1]."""
+
+    in_chans: int
+    img_size: int
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+_MODES = {1: "L", 3: "RGB"}
+_ACCEPTED_MODES = {"1", "L", "P", "RGB", "RGBA", "LA", "I;16", "I", "F", "CMYK", "YCbCr"}
+
+
+def load_image(data: bytes | None, path: str | None, spec: InputSpec) -> np.ndarray:
+    """Decode bytes (or read ``path``) into a (C, S, S) uint8 array; BadImage on failure."""
+    try:
+        if data is None:
+            if path is None:
+                raise BadImage("row has neither image bytes nor a path")
+            with open(path, "rb") as f:
+                data = f.read()
+        if len(data) == 0:
+            raise BadImage("zero-byte image")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            w, h = im.size
+            if w * h > spec.max_pixels:
+                raise BadImage(f"image is {w}x{h} = {w * h} pixels, over the limit of "
+                               f"{spec.max_pixels} (possible decompression bomb)")
+            if im.mode not in _ACCEPTED_MODES:
+                raise BadImage(f"unsupported image mode {im.mode!r}")
+            im.load()
+    except BadImage:
+        raise
+    except Exception as e:  # PIL raises many types for corrupt input
+        raise BadImage(f"cannot decode image: {type(e).__name__}: {e}") from None
+    im = im.convert(_MODES.get(spec.in_chans, "RGB"))
+    im = _resize_center_crop(im, spec.img_size)
+    arr = np.asarray(im, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[None]
+    else:
+        arr = arr.transpose(2, 0, 1)
+    if spec.in_chans not in _MODES:  # e.g. 2 or 4 channels: repeat/trim RGB
+        arr = np.resize(arr, (spec.in_chans, *arr.shape[1:]))
+    return np.ascontiguousarray(arr)
+
+
+def _resize_center_crop(im: Image.Image, size: int) -> Image.Image:
+    w, h = im.size
+    if (w, h) == (size, size):
+        return im
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    im = im.resize((nw, nh), Image.BILINEAR)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return im.crop((left, top, left + size, top + size))
+
+
+def to_model_input(images: np.ndarray | torch.Tensor, spec: InputSpec,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(B, C, S, S) uint8 -> normalised (B, C, S, S) float tensor."""
+    x = torch.as_tensor(images).to(dtype) / 255.0
+    mean = torch.tensor(_per_channel(spec.mean, spec.in_chans), dtype=dtype).view(1, -1, 1, 1)
+    std = torch.tensor(_per_channel(spec.std, spec.in_chans), dtype=dtype).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+def _per_channel(values: tuple[float, ...], channels: int) -> list[float]:
+    return list(values) * channels if len(values) == 1 else list(values)[:channels]
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """(H, W) or (H, W, C) uint8 -> PNG bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def decode_rows(images: list, paths: list, spec: InputSpec
+                ) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
+    """Decode a batch. Returns (N_ok, C, S, S) uint8, indices of good rows, (index, reason) of bad."""
+    good, ok_idx, bad = [], [], []
+    for i in range(len(images) if images is not None else len(paths)):
+        try:
+            good.append(load_image(images[i] if images is not None else None,
+                                   paths[i] if paths is not None else None, spec))
+            ok_idx.append(i)
+        except BadImage as e:
+            bad.append((i, str(e)))
+    arr = (np.stack(good) if good
+           else np.zeros((0, spec.in_chans, spec.img_size, spec.img_size), np.uint8))
+    return arr, ok_idx, bad

@@ -112,6 +112,7 @@ class TrainingConfig(_Section):
 class RayConfig(_Section):
     address: str | None = Field(None, description="None: connect to RAY_ADDRESS or start local")
     num_cpus: int | None = Field(None, ge=1, description="for a local cluster only")
+    log_to_driver: bool = Field(False, description="show Ray workers' logs in the driver")
 
 
 class RunConfig(_Section):

@@ -53,13 +53,14 @@ def ensure_ray(cfg: RunConfig) -> None:
         return
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     kwargs = dict(include_dashboard=False, logging_level=logging.WARNING,
-                  log_to_driver=cfg.progress)
+                  log_to_driver=cfg.ray.log_to_driver)
     if address:
         ray.init(address=address, **kwargs)
     else:
         ray.init(num_cpus=cfg.ray.num_cpus, **kwargs)
     import ray.data
     ray.data.DataContext.get_current().enable_progress_bars = False  # raydal draws its own
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 class ActiveLoop:
@@ -67,7 +68,7 @@ class ActiveLoop:
 
     def __init__(self, config: RunConfig, run_dir: str | Path | None = None):
         self.config = config
-        self.run_dir = Path(run_dir or config.run_dir)
+        self.run_dir = Path(run_dir or config.run_dir).resolve()  # workers run elsewhere
         self.labels = LabelLog(self.run_dir / "labels")
 
     # ---- paths -------------------------------------------------------------------------------
@@ -116,11 +117,12 @@ class ActiveLoop:
         d, seed = self.config.data, self.config.seed
         if d.dataset is not None:
             meta = prepare_dataset(d.dataset, d.prepared_dir, d.source)
-            root = Path(d.prepared_dir)
+            root = Path(d.prepared_dir).resolve()
             pool, truth, test = root / "pool.parquet", root / "truth.parquet", root / "test.parquet"
             num_classes = meta["num_classes"]
         else:
-            pool, truth, test, num_classes = Path(d.pool), Path(d.truth), Path(d.test), d.num_classes
+            pool, truth, test = (Path(p).resolve() for p in (d.pool, d.truth, d.test))
+            num_classes = d.num_classes
         pool_ = Pool(pool)
         if d.pool_subsample:
             pool_ = pool_.subsample(d.pool_subsample, seed, self.run_dir / "data" / "pool.parquet")

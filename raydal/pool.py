@@ -138,8 +138,8 @@ class Pool:
 
         def write(tmp: Path) -> None:
             with pq.ParquetWriter(tmp, images_table(images[:1], ids[:1]).schema) as w:
-                for s in range(0, len(images), 8192):
-                    w.write_table(images_table(images[s:s + 8192], ids[s:s + 8192]))
+                for s in range(0, len(images), 1024):
+                    w.write_table(images_table(images[s:s + 1024], ids[s:s + 1024]))
         atomic_write(path, write)
         return cls(path)
 

@@ -53,8 +53,9 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def atomic_write_parquet(path: str | Path, table: pa.Table) -> Path:
-    return atomic_write(path, lambda p: pq.write_table(table, p))
+def atomic_write_parquet(path: str | Path, table: pa.Table, row_group_size: int = 1024) -> Path:
+    """Row groups of ``row_group_size`` rows: Ray Data reads a file as that many blocks."""
+    return atomic_write(path, lambda p: pq.write_table(table, p, row_group_size=row_group_size))
 
 
 def read_json(path: str | Path, default: Any = None) -> Any:

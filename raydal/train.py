@@ -77,7 +77,6 @@ def _train_func(config: dict) -> None:
     import ray.train
     import ray.train.torch
     from safetensors.torch import load_file
-    from tqdm.auto import tqdm
 
     spec = ModelSpec.from_dict(config["spec"])
     s = TrainSettings(**config["settings"])
@@ -92,10 +91,9 @@ def _train_func(config: dict) -> None:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     train_shard = ray.train.get_dataset_shard("train")
-    bar = tqdm(range(s.epochs), desc="training", unit="epoch", disable=rank != 0 or
-               not config["progress"], leave=False)
+    tracker = config["tracker"][0] if rank == 0 else None
     loss_sum, seen = 0.0, 0
-    for epoch in bar:
+    for epoch in range(s.epochs):
         model.train()
         loss_sum, seen = 0.0, 0
         for batch in train_shard.iter_torch_batches(
@@ -110,7 +108,8 @@ def _train_func(config: dict) -> None:
             opt.step()
             loss_sum += float(loss) * len(x)
             seen += len(x)
-        bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.3f}")
+        if tracker is not None:
+            tracker.update.remote(epoch + 1, loss_sum / max(seen, 1))
     correct, total = _evaluate(model, ray.train.get_dataset_shard("test"), spec, device)
     if ctx.get_world_size() > 1:
         import torch.distributed as dist
@@ -127,6 +126,49 @@ def _train_func(config: dict) -> None:
                 str(Path(d) / "ckpt")))
     else:
         ray.train.report(metrics)
+
+
+@ray.remote(num_cpus=0)
+class EpochTracker:
+    """Rank 0 reports (epoch, loss) here; the driver polls it to draw the training bar."""
+
+    def __init__(self):
+        self.state: tuple[int, float | None] = (0, None)
+
+    def update(self, epoch: int, loss: float) -> None:
+        self.state = (epoch, loss)
+
+    def get(self) -> tuple[int, float | None]:
+        return self.state
+
+
+def _fit_with_progress(trainer, tracker, epochs: int, enabled: bool):
+    """trainer.fit() in a thread while a tqdm bar follows the tracker."""
+    import threading
+    from tqdm.auto import tqdm
+
+    out: dict = {}
+    thread = threading.Thread(target=lambda: out.update(result=_call(trainer.fit)), daemon=True)
+    thread.start()
+    with tqdm(total=epochs, desc="training", unit="epoch", disable=not enabled,
+              leave=False) as bar:
+        while thread.is_alive():
+            thread.join(0.5)
+            epoch, loss = ray.get(tracker.get.remote())
+            bar.update(epoch - bar.n)
+            if loss is not None:
+                bar.set_postfix(loss=f"{loss:.3f}")
+    value, error = out["result"]
+    if error is not None:
+        raise error
+    return value
+
+
+def _call(fn):
+    try:
+        return fn(), None
+    except BaseException as e:  # re-raised in the driver thread
+        return None, e
 
 
 @torch.no_grad()
@@ -155,18 +197,20 @@ def train_round(spec: ModelSpec, pool: Pool, labels: Mapping[str, int], test_pat
     train_ds = decoded_dataset(pool.path, spec.input_spec, labels)
     test_ds = decoded_dataset(test_path, spec.input_spec)
     storage = Path(storage_path).resolve()
+    tracker = EpochTracker.remote()
     name = f"{Path(out_checkpoint).name}-{time.time_ns()}"
     trainer = TorchTrainer(
         _train_func,
         train_loop_config={"spec": spec.to_dict(), "settings": asdict(settings),
                            "init_checkpoint": str(init_checkpoint) if init_checkpoint else None,
-                           "progress": progress},
+                           "tracker": [tracker]},
         scaling_config=ScalingConfig(num_workers=settings.num_workers, use_gpu=settings.use_gpu,
                                      resources_per_worker={"CPU": settings.cpus_per_worker}),
         run_config=RunConfig(storage_path=str(storage), name=name),
         datasets={"train": train_ds, "test": test_ds},
     )
-    result = trainer.fit()
+    result = _fit_with_progress(trainer, tracker, settings.epochs, progress)
+    ray.kill(tracker)
     if result.checkpoint is None:
         raise RuntimeError(f"training reported no checkpoint (error: {result.error})")
     with result.checkpoint.as_directory() as d:

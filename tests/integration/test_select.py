@@ -1,0 +1,85 @@
+"""Distributed selection on a real local Ray cluster equals single-process selection."""
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+import raydal
+from raydal.merge import top_k
+from raydal.models import ModelSpec, create_model, save_checkpoint
+from raydal.pool import Pool
+from raydal.scoring import create_strategy
+from raydal.select import iter_labeled_batches
+from raydal.transforms import decode_rows, to_model_input
+
+pytestmark = pytest.mark.integration
+SPEC = ModelSpec(name="test_resnet", num_classes=10, in_chans=1, img_size=32)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, random_images):
+    root = tmp_path_factory.mktemp("select")
+    images = random_images(300, seed=1)
+    pool = Pool.from_numpy(images, path=root / "pool.parquet")
+    model = create_model(SPEC, seed=0).eval()
+    ckpt = save_checkpoint(model, SPEC, root / "ckpt")
+    labels = {f"{i:08d}": i % 10 for i in range(0, 300, 15)}  # 20 labeled rows
+    return pool, model, ckpt, labels
+
+
+def single_process(pool, model, strategy_name, budget, labels):
+    """Score every unlabeled row in one call in this process and sort: the reference."""
+    table = pq.read_table(pool.path)
+    keep = [i for i, v in enumerate(table.column("id").to_pylist()) if v not in labels]
+    ids = np.asarray(table.column("id").to_pylist(), dtype=str)[keep]
+    arr, ok, bad = decode_rows([table.column("image")[i].as_py() for i in keep], None,
+                               SPEC.input_spec)
+    assert not bad
+    strategy = create_strategy(strategy_name)
+    context = None
+    if strategy.needs_labeled:
+        context = strategy.prepare(model, iter_labeled_batches(pool, labels, SPEC.input_spec,
+                                                                64, "cpu"))
+    scores = strategy.score(model, to_model_input(arr, SPEC.input_spec), ids.tolist(), context)
+    return top_k(ids, scores.double().numpy(), budget)
+
+
+@pytest.mark.parametrize("strategy", ["dynamicAL", "entropy", "random"])
+def test_any_actor_count_and_batch_size_gives_the_single_process_picks(
+        ray_cluster, setup, strategy):
+    pool, model, ckpt, labels = setup
+    ref_ids, ref_scores = single_process(pool, model, strategy, 25, labels)
+    for num_actors, batch_size in [(1, 1000), (2, 64), (2, 7)]:
+        sel = raydal.select(pool, ckpt, strategy, budget=25, labeled=labels,
+                            num_actors=num_actors, batch_size=batch_size, progress=False)
+        assert sel.ids == ref_ids.tolist(), (num_actors, batch_size)
+        np.testing.assert_allclose(sel.scores, ref_scores, rtol=1e-5)
+        assert sel.num_scored == 300 - len(labels)
+        assert not set(sel.ids) & set(labels)
+
+
+def test_select_accepts_an_in_memory_module_and_skips_corrupt_images(ray_cluster, setup,
+                                                                     tmp_path):
+    pool, model, _, labels = setup
+    table = pq.read_table(pool.path)
+    images = table.column("image").to_pylist()
+    images[3], images[4] = b"", b"\x89PNG truncated"
+    bad_pool = tmp_path / "bad.parquet"
+    pq.write_table(table.set_column(1, "image", pa.array(images, pa.binary())), bad_pool,
+                   row_group_size=50)
+    sel = raydal.select(bad_pool, model, "entropy", budget=10, num_actors=2, batch_size=32,
+                        input_spec=SPEC.input_spec, progress=False)
+    assert len(sel.ids) == 10 and sel.num_scored == 298
+    assert sorted(i for i, _ in sel.skipped) == ["00000003", "00000004"]
+    assert "00000003" not in sel.ids
+
+
+def test_select_explains_missing_inputs(ray_cluster, setup):
+    pool, model, ckpt, labels = setup
+    with pytest.raises(ValueError, match="needs the labels of the labeled set"):
+        raydal.select(pool, ckpt, "dynamicAL", budget=5, labeled=list(labels), progress=False)
+    with pytest.raises(ValueError, match="budget must be a positive int, got 0"):
+        raydal.select(pool, ckpt, "entropy", budget=0, progress=False)
+    with pytest.raises(ValueError, match="input_spec is required"):
+        raydal.select(pool, model, "entropy", budget=5, progress=False)

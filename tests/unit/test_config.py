@@ -1,0 +1,62 @@
+"""Invalid configs fail before any work, naming the field, the bad value and the fix."""
+import pytest
+
+from raydal.config import ConfigError, load_config, parse_config
+
+CASES = [
+    ({"loop": {"initial": -3}}, ["'loop.initial'", "-3", "greater than or equal to 1"]),
+    ({"loop": {"per_round": 0}}, ["'loop.per_round'", "0"]),
+    ({"loop": {"intial": 3}}, ["'loop.intial'", "unknown key", "Did you mean 'initial'"]),
+    ({"modle": {}}, ["'modle'", "unknown key", "Did you mean 'model'"]),
+    ({"model": {"name": "resnt18"}}, ["'model.name'", "unknown timm model 'resnt18'",
+                                      "Did you mean"]),
+    ({"model": {"in_chans": 0}}, ["'model.in_chans'", "0"]),
+    ({"strategy": {"name": "entropi"}}, ["'strategy'", "unknown strategy 'entropi'",
+                                         "Did you mean 'entropy'"]),
+    ({"strategy": {"name": "dynamicAL", "options": {"ip_weight": -1}}},
+     ["'strategy'", "ip_weight must be a float >= 0, got -1"]),
+    ({"strategy": {"name": "random", "options": {"sed": 1}}}, ["has no option 'sed'",
+                                                               "Did you mean 'seed'"]),
+    ({"training": {"epochs": "many"}}, ["'training.epochs'", "'many'", "integer"]),
+    ({"training": {"lr": 0}}, ["'training.lr'", "greater than 0"]),
+    ({"training": {"batch_size": 1}}, ["'training.batch_size'"]),
+    ({"selection": {"num_actors": 0}}, ["'selection.num_actors'"]),
+    ({"selection": {"num_cpus_per_actor": 0}}, ["'selection.num_cpus_per_actor'"]),
+    ({"data": {"dataset": "cifar"}}, ["'data'", "unknown data set 'cifar'"]),
+    ({"data": {"dataset": None}}, ["'data'", "set data.pool"]),
+    ({"data": {"pool_subsample": -5}}, ["'data.pool_subsample'", "-5"]),
+    ({"seed": "abc"}, ["'seed'", "'abc'"]),
+    ({"progress": "sometimes"}, ["'progress'"]),
+]
+
+
+@pytest.mark.parametrize("data, fragments", CASES)
+def test_bad_config_names_field_value_and_fix(data, fragments):
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    for fragment in fragments:
+        assert fragment in str(err.value), str(err.value)
+
+
+def test_every_bad_field_is_reported_at_once():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"loop": {"initial": -1}, "training": {"epochs": 0}})
+    assert "'loop.initial'" in str(err.value) and "'training.epochs'" in str(err.value)
+
+
+def test_top_level_must_be_a_mapping(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(p)
+    p.write_text("loop: {initial: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_shipped_configs_are_valid():
+    cfg = load_config("configs/quickstart.yaml")
+    assert cfg.strategy.name == "dynamicAL" and cfg.loop.rounds >= 3
+    assert parse_config({}).model.name == "resnet18"  # the library default

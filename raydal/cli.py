@@ -41,6 +41,48 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from raydal.config import load_config
+    from raydal.loop import ActiveLoop
+    from raydal.report import format_auc_table, round_summary, write_learning_curve
+
+    runs = {}
+    for d in args.run_dirs:
+        run_dir = Path(d)
+        if not (run_dir / "config.yaml").exists():
+            print(f"error: {run_dir} is not a raydal run directory (no config.yaml)",
+                  file=sys.stderr)
+            return 2
+        cfg = load_config(run_dir / "config.yaml")
+        runs[f"{run_dir.name} ({cfg.strategy.name})"] = ActiveLoop(cfg, run_dir).metrics()
+    out = Path(args.out or Path(args.run_dirs[0]) / "report" / "comparison.png")
+    write_learning_curve(runs, out)
+    print(format_auc_table(runs))
+    if len(args.run_dirs) == 1:
+        print()
+        print(round_summary(args.run_dirs[0]))
+    print(f"\nlearning curves: {out}")
+    return 0
+
+
+def _cmd_import_labels(args: argparse.Namespace) -> int:
+    from raydal.config import load_config
+    from raydal.labels import LabelError
+    from raydal.loop import ActiveLoop
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "config.yaml").exists():
+        print(f"error: {run_dir} is not a raydal run directory (no config.yaml)", file=sys.stderr)
+        return 2
+    try:
+        r, n = ActiveLoop(load_config(run_dir / "config.yaml"), run_dir).import_labels(args.file)
+    except LabelError as e:
+        print(f"error: nothing imported: {e}", file=sys.stderr)
+        return 2
+    print(f"imported {n} labels for round {r}; continue with `raydal run CONFIG`")
+    return 0
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     from raydal.datasets import prepare_dataset
     meta = prepare_dataset(args.name, args.out, args.source)
@@ -59,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="show a run's state and per-round metrics")
     s.add_argument("run_dir")
     s.set_defaults(fn=_cmd_status)
+    rep = sub.add_parser("report", help="learning curves and AUC table of runs side by side")
+    rep.add_argument("run_dirs", nargs="+")
+    rep.add_argument("--out", help="PNG path (default RUN_DIR/report/comparison.png)")
+    rep.set_defaults(fn=_cmd_report)
+    imp = sub.add_parser("import-labels", help="add people's labels (CSV or Label Studio JSON)")
+    imp.add_argument("run_dir")
+    imp.add_argument("file")
+    imp.set_defaults(fn=_cmd_import_labels)
     d = sub.add_parser("data", help="import a data set into the pool format")
     d.add_argument("name", help="fashion-mnist or mnist")
     d.add_argument("--out", default="data/fashion-mnist")

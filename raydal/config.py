@@ -31,13 +31,14 @@ class DataConfig(_Section):
     truth: str | None = Field(None, description="Parquet (id, label) for the simulated oracle")
     test: str | None = Field(None, description="Parquet (id, image|path, label) for evaluation")
     num_classes: int | None = Field(None, ge=2)
+    class_names: list[str] | None = Field(None, description="names accepted in label files")
     pool_subsample: int | None = Field(None, ge=1, description="use a seeded subset of the pool")
     test_subsample: int | None = Field(None, ge=1, description="evaluate on a seeded subset")
 
     @model_validator(mode="after")
     def _paths_or_dataset(self):
         if self.dataset is None:
-            missing = [k for k in ("pool", "truth", "test", "num_classes")
+            missing = [k for k in ("pool", "test", "num_classes")
                        if getattr(self, k) is None]
             if missing:
                 raise ValueError(f"with data.dataset null, set data.{missing[0]} "
@@ -89,7 +90,9 @@ class LoopConfig(_Section):
     per_round: int = Field(100, ge=1, description="labels bought each round (the query size b)")
     rounds: int = Field(4, ge=0, description="selection rounds after the initial set")
     warm_start: bool = Field(True, description="start each round from the last weights")
-    oracle: Literal["simulated"] = "simulated"
+    oracle: Literal["simulated", "file"] = Field(
+        "simulated", description="simulated: ground truth from data.truth; file: export picks "
+        "to to_label/ and wait for `raydal import-labels`")
 
 
 class SelectionConfig(_Section):
@@ -127,6 +130,13 @@ class RunConfig(_Section):
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _oracle_has_truth(self):
+        if self.data.dataset is None and self.loop.oracle == "simulated" and not self.data.truth:
+            raise ValueError("data.truth is missing: the simulated oracle needs ground truth "
+                             "(id, label) Parquet; set data.truth or use loop.oracle: file")
+        return self
 
     def with_overrides(self, **kw: Any) -> "RunConfig":
         return parse_config({**self.model_dump(mode="json"), **kw})

@@ -25,7 +25,8 @@ from raydal.config import ConfigError, RunConfig
 from raydal.datasets import prepare_dataset
 from raydal.labels import LabelLog
 from raydal.models import ModelSpec, read_checkpoint_meta
-from raydal.oracle import SimulatedOracle
+from raydal.oracle import (SimulatedOracle, export_for_labeling, parse_label_file, read_picks,
+                           to_label_paths, validate_against_picks)
 from raydal.pool import Pool
 from raydal.scoring.base import create_strategy
 from raydal.storage import (atomic_write_bytes, atomic_write_json, atomic_write_parquet,
@@ -41,9 +42,18 @@ _FIXED_LOOP = ("initial", "per_round")
 @dataclass
 class RunData:
     pool: Pool
-    truth: str
+    truth: str | None
     test: str
     num_classes: int
+    classes: list[str] | None = None
+
+
+class AwaitingLabels(Exception):
+    """The loop stops: round ``round`` was exported for people to label."""
+
+    def __init__(self, round_: int, csv_path: Path):
+        super().__init__(f"round {round_}: picks exported to {csv_path}")
+        self.round, self.csv_path = round_, csv_path
 
 
 def ensure_ray(cfg: RunConfig) -> None:
@@ -86,12 +96,20 @@ class ActiveLoop:
             ensure_ray(self.config)
             data = self._prepare_data()
             cfg = self.config
-            self._select_and_label(0, data, model=None)
-            for r in range(cfg.loop.rounds + 1):
-                self._train(r, data)
-                self._write_metrics()
-                if r < cfg.loop.rounds:
-                    self._select_and_label(r + 1, data, model=self.checkpoint_path(r))
+            try:
+                self._select_and_label(0, data, model=None)
+                for r in range(cfg.loop.rounds + 1):
+                    self._train(r, data)
+                    self._write_metrics()
+                    if r < cfg.loop.rounds:
+                        self._select_and_label(r + 1, data, model=self.checkpoint_path(r))
+            except AwaitingLabels as wait:
+                self._set_state(wait.round, "awaiting_labels")
+                print(f"round {wait.round}: {cfg.loop.per_round if wait.round else cfg.loop.initial}"
+                      f" picks to label in {wait.csv_path} (fill its label column, or import a "
+                      f"Label Studio export), then run `raydal import-labels {self.run_dir} FILE` "
+                      "and this command again", flush=True)
+                return self.metrics()
             self._set_state(cfg.loop.rounds, "done")
             rows = self.metrics()
             from raydal.report import write_learning_curve
@@ -121,15 +139,17 @@ class ActiveLoop:
             pool, truth, test = root / "pool.parquet", root / "truth.parquet", root / "test.parquet"
             num_classes = meta["num_classes"]
         else:
-            pool, truth, test = (Path(p).resolve() for p in (d.pool, d.truth, d.test))
+            pool, test = Path(d.pool).resolve(), Path(d.test).resolve()
+            truth = Path(d.truth).resolve() if d.truth else None
             num_classes = d.num_classes
+        classes = meta.get("classes") if d.dataset is not None else d.class_names
         pool_ = Pool(pool)
         if d.pool_subsample:
             pool_ = pool_.subsample(d.pool_subsample, seed, self.run_dir / "data" / "pool.parquet")
         if d.test_subsample:
             test = Pool(test).subsample(d.test_subsample, seed + 1,
                                         self.run_dir / "data" / "test.parquet").path
-        return RunData(pool_, str(truth), str(test), num_classes)
+        return RunData(pool_, str(truth) if truth else None, str(test), num_classes, classes)
 
     def model_spec(self, num_classes: int) -> ModelSpec:
         m = self.config.model
@@ -168,8 +188,14 @@ class ActiveLoop:
                 "seconds": sel.seconds, "skipped": [list(x) for x in sel.skipped]})
             atomic_write_parquet(sel_path, sel.to_table())  # the commit point of a selection
         self._set_state(r, "label")
-        import pyarrow.parquet as pq
-        ids = [str(i) for i in pq.read_table(sel_path, columns=["id"]).column("id").to_pylist()]
+        if cfg.loop.oracle == "file":
+            csv_path = to_label_paths(self.run_dir, r)["csv"]
+            if not csv_path.exists():
+                import pyarrow.parquet as pq
+                export_for_labeling(self.run_dir, r, pq.read_table(sel_path), data.pool,
+                                    data.classes)
+            raise AwaitingLabels(r, csv_path)
+        ids = read_picks(sel_path)
         t0 = time.perf_counter()
         answers = SimulatedOracle(data.truth).label(ids)
         self.labels.append(r, answers, source="simulated", num_classes=data.num_classes)
@@ -193,6 +219,26 @@ class ActiveLoop:
         self._set_state(r, "trained")
         print(f"round {r}: {len(labels)} labels, test accuracy {m['test_accuracy']:.4f} "
               f"(train {m['seconds']:.1f}s)", flush=True)
+
+    def import_labels(self, path: str | Path) -> tuple[int, int]:
+        """Validate a label file against the pending round's picks and append it atomically.
+
+        Returns (round, number of labels). Raises LabelError naming the problem.
+        """
+        from raydal.labels import LabelError
+        with run_dir_lock(self.run_dir):
+            pending = [r for r in range(self.config.loop.rounds + 1)
+                       if self.selection_path(r).exists() and not self.labels.has_round(r)]
+            if not pending:
+                raise LabelError(f"no round of {self.run_dir} is waiting for labels")
+            r = pending[0]
+            data = self._prepare_data()
+            labels = parse_label_file(path, data.classes, data.num_classes)
+            validate_against_picks(labels, read_picks(self.selection_path(r)), r)
+            self.labels.append(r, labels, source=f"file:{Path(path).name}",
+                               num_classes=data.num_classes)
+            self._set_state(r, "labeled")
+            return r, len(labels)
 
     # ---- records -----------------------------------------------------------------------------
     def metrics(self) -> list[dict]:

@@ -1,16 +1,28 @@
 """Oracles answer "what is the label of these ids?".
 
-SimulatedOracle reads held-out ground truth (kept apart from the pool), for benchmarks and the
-quickstart. Human labeling through files is the ``file`` oracle (see ``raydal import-labels``).
+SimulatedOracle reads held-out ground truth (kept apart from the pool): benchmarks, quickstart.
+The ``file`` oracle is for real labeling: each round's picks are exported for people
+(``to_label/round-NNNN.csv`` + a Label Studio tasks JSON + the images), and their answers come
+back through ``raydal import-labels RUN_DIR FILE`` (CSV or a Label Studio JSON export), validated
+against the round's picks before one atomic append to the label log.
 """
 from __future__ import annotations
 
+import csv
+import io
+import json
+import re
 from pathlib import Path
 from typing import Sequence
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raydal.labels import LabelError
+from raydal.pool import Pool
+from raydal.storage import atomic_write_bytes, atomic_write_json
 
 
 class SimulatedOracle:
@@ -31,3 +43,123 @@ class SimulatedOracle:
             raise KeyError(f"{len(missing)} ids have no ground truth in {self.truth_path} "
                            f"(e.g. {missing[0]!r})")
         return {i: int(found[i]) for i in ids}
+
+
+# ---- the file oracle: export picks, import answers --------------------------------------------
+def to_label_paths(run_dir: Path, r: int) -> dict[str, Path]:
+    base = run_dir / "to_label"
+    return {"csv": base / f"round-{r:04d}.csv",
+            "labelstudio": base / f"round-{r:04d}.labelstudio.json",
+            "images": base / f"round-{r:04d}"}
+
+
+def _safe_name(rank: int, id_: str) -> str:
+    return f"{rank:05d}-{re.sub(r'[^A-Za-z0-9._-]+', '_', id_)[:80]}.png"
+
+
+def export_for_labeling(run_dir: Path, r: int, selection: pa.Table, pool: Pool,
+                        classes: list[str] | None) -> Path:
+    """Write the round's picks for people; returns the CSV path (written last)."""
+    paths = to_label_paths(run_dir, r)
+    rows = pool.take(selection.column("id").to_pylist())
+    where = {}
+    col = rows.column(pool.image_column).to_pylist()
+    for id_, value in zip(rows.column("id").to_pylist(), col):
+        where[id_] = value
+    ranks = dict(zip(selection.column("id").to_pylist(), selection.column("rank").to_pylist()))
+    scores = dict(zip(selection.column("id").to_pylist(), selection.column("score").to_pylist()))
+    image_of = {}
+    for id_ in ranks:
+        if pool.image_column == "path":
+            image_of[id_] = str(where[id_])
+        else:  # bytes in the pool: write them out so a person can see them
+            target = paths["images"] / _safe_name(ranks[id_], id_)
+            atomic_write_bytes(target, where[id_])
+            image_of[id_] = str(target.resolve())
+    order = sorted(ranks, key=ranks.get)
+    atomic_write_json(paths["labelstudio"], [
+        {"data": {"id": i, "image": image_of[i], "score": scores[i], "rank": ranks[i],
+                  **({"choices": classes} if classes else {})}} for i in order])
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["id", "image", "score", "rank", "label"])
+    for i in order:
+        w.writerow([i, image_of[i], repr(scores[i]), ranks[i], ""])
+    return atomic_write_bytes(paths["csv"], buf.getvalue().encode())
+
+
+def _class_index(value, classes: list[str] | None, num_classes: int, where: str) -> int:
+    if isinstance(value, str):
+        v = value.strip()
+        if classes and v in classes:
+            return classes.index(v)
+        if re.fullmatch(r"[+-]?\d+", v):
+            value = int(v)
+        else:
+            hint = f"; expected a class index or one of {classes}" if classes else \
+                f"; expected an int in [0, {num_classes})"
+            raise LabelError(f"{where}: label {value!r} is not a class{hint}")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise LabelError(f"{where}: label {value!r} has the wrong type; expected an int class "
+                         "index" + (" or a class name" if classes else ""))
+    if not 0 <= value < num_classes:
+        raise LabelError(f"{where}: class {value} is out of range [0, {num_classes})")
+    return value
+
+
+def parse_label_file(path: str | Path, classes: list[str] | None, num_classes: int
+                     ) -> dict[str, int]:
+    """(id -> class index) from a CSV with ``id`` and ``label`` columns or a Label Studio export."""
+    path = Path(path)
+    if not path.exists():
+        raise LabelError(f"label file {path} does not exist")
+    pairs: list[tuple[str, object, str]] = []  # (id, raw label, where)
+    if path.suffix.lower() == ".json":
+        try:
+            tasks = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise LabelError(f"{path} is not valid JSON: {e}") from None
+        if not isinstance(tasks, list):
+            raise LabelError(f"{path}: expected a Label Studio export (a JSON list of tasks)")
+        for k, task in enumerate(tasks):
+            where = f"{path.name} task {k}"
+            id_ = (task.get("data") or {}).get("id") if isinstance(task, dict) else None
+            if id_ is None:
+                raise LabelError(f"{where}: no data.id (export the tasks raydal wrote)")
+            answers = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
+            choices = [c for a in answers for res in a.get("result") or []
+                       for c in (res.get("value") or {}).get("choices") or []]
+            if not choices:
+                raise LabelError(f"{where} (id {id_!r}): no annotation with a choice")
+            pairs.append((str(id_), choices[-1], where))
+    else:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or not {"id", "label"} <= set(reader.fieldnames):
+                raise LabelError(f"{path}: a CSV needs 'id' and 'label' columns, found "
+                                 f"{reader.fieldnames}")
+            for line, row in enumerate(reader, start=2):
+                pairs.append((row["id"], row["label"], f"{path.name} line {line}"))
+    labels: dict[str, int] = {}
+    for id_, raw, where in pairs:
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            raise LabelError(f"{where}: id {id_!r} has an empty label")
+        if id_ in labels:
+            raise LabelError(f"{where}: id {id_!r} appears twice; give each id one label")
+        labels[id_] = _class_index(raw, classes, num_classes, where)
+    return labels
+
+
+def validate_against_picks(labels: dict[str, int], picks: list[str], r: int) -> None:
+    unknown = sorted(set(labels) - set(picks))
+    if unknown:
+        raise LabelError(f"{len(unknown)} ids are not picks of round {r} (e.g. {unknown[0]!r}); "
+                         f"label only the ids in to_label/round-{r:04d}.csv")
+    missing = sorted(set(picks) - set(labels))
+    if missing:
+        raise LabelError(f"{len(missing)} of the {len(picks)} picks of round {r} have no label "
+                         f"(e.g. {missing[0]!r}); a round is imported whole")
+
+
+def read_picks(selection_path: Path) -> list[str]:
+    return [str(i) for i in pq.read_table(selection_path, columns=["id"]).column("id").to_pylist()]

@@ -36,3 +36,43 @@ def write_learning_curve(runs: dict[str, list[dict]], path: str | Path) -> Path:
     out = atomic_write(path, lambda p: fig.savefig(p, format="png"))
     plt.close(fig)
     return out
+
+
+def learning_curve_auc(rows: list[dict]) -> float:
+    """Area under accuracy-vs-labels, divided by the label range (= mean accuracy); NaN if < 2."""
+    import numpy as np
+    x = np.array([r["num_labeled"] for r in rows], dtype=float)
+    y = np.array([r["test_accuracy"] for r in rows], dtype=float)
+    if len(x) < 2 or x[-1] == x[0]:
+        return float("nan")
+    return float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)) / (x[-1] - x[0]))
+
+
+def format_auc_table(runs: dict[str, list[dict]]) -> str:
+    lines = ["| run | rounds | final labels | final acc | AUC (mean acc) |", "|---|---:|---:|---:|---:|"]
+    for name, rows in runs.items():
+        last = rows[-1] if rows else {"num_labeled": 0, "test_accuracy": float("nan")}
+        lines.append(f"| {name} | {len(rows)} | {last['num_labeled']} | "
+                     f"{last['test_accuracy']:.4f} | {learning_curve_auc(rows):.4f} |")
+    return "\n".join(lines)
+
+
+def round_summary(run_dir: str | Path) -> str:
+    """Per selection round: picks per class (from the labels bought) and score quantiles."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    from raydal.labels import LabelLog
+
+    run_dir = Path(run_dir)
+    log = LabelLog(run_dir / "labels")
+    lines = ["| round | picks | labels per class | score min / median / max |",
+             "|---:|---:|---|---|"]
+    for r in log.rounds():
+        labels = pq.read_table(log.round_path(r)).column("label").to_numpy()
+        counts = np.bincount(labels) if len(labels) else np.array([], int)
+        sel = run_dir / "selections" / f"round-{r:04d}.parquet"
+        scores = pq.read_table(sel).column("score").to_numpy() if sel.exists() else np.array([])
+        q = (" / ".join(f"{v:.4g}" for v in np.quantile(scores, [0, 0.5, 1]))
+             if len(scores) else "-")
+        lines.append(f"| {r} | {len(labels)} | {' '.join(map(str, counts.tolist()))} | {q} |")
+    return "\n".join(lines)

@@ -2,6 +2,9 @@
 
 pool --read_parquet--> ScoreBatches actors (drop labeled ids, decode, score, keep batch top-k)
      --(id, score) rows, at most k a batch--> driver StreamingTopK --> exact global top-k.
+Set-based strategies (BADGE, Coreset; raydal.scoring.diversity): the actors embed each batch and
+keep its ``candidates`` (rows + features), the driver's StreamingCandidates reduces their union
+and runs ``pick`` -- an approximation of the single-process algorithm, measured in that module.
 """
 from __future__ import annotations
 
@@ -17,9 +20,10 @@ import ray
 import torch
 
 from raydal.merge import StreamingTopK, top_k
-from raydal.models import load_checkpoint
+from raydal.models import ModelSpec, load_checkpoint, read_checkpoint_meta
 from raydal.pool import Pool
 from raydal.scoring.base import Strategy, create_strategy
+from raydal.scoring.diversity import SetStrategy, StreamingCandidates, features_from_bytes
 from raydal.transforms import InputSpec, decode_rows, to_model_input
 
 log = logging.getLogger("raydal")
@@ -49,6 +53,11 @@ class ModelSource:
     checkpoint: str | None = None
     module_ref: list | None = None  # [ObjectRef] (wrapped so Ray does not resolve it early)
     input_spec: InputSpec | None = None
+
+    def spec(self) -> InputSpec:
+        if self.input_spec is not None or self.checkpoint is None:
+            return self.input_spec
+        return ModelSpec.from_dict(read_checkpoint_meta(self.checkpoint)["spec"]).input_spec
 
     def load(self, device: str) -> tuple[torch.nn.Module | None, InputSpec]:
         if self.checkpoint is not None:
@@ -84,7 +93,8 @@ class ScoreBatches:
         torch.set_num_threads(max(1, num_threads))
         self.device = _device(num_gpus)
         self.strategy = strategy
-        self.model, self.spec = source.load(self.device) if strategy.needs_model else (None, source.input_spec)
+        self.model, self.spec = (source.load(self.device) if strategy.needs_model
+                                 else (None, source.spec()))
         self.context = ray.get(context_ref[0])
         self.labeled = ray.get(labeled_ref[0])
         self.k = k
@@ -98,7 +108,10 @@ class ScoreBatches:
         arr, ok, bad = decode_rows(images, paths, self.spec)
         out_ids: list[str] = []
         out_scores: list[float] = []
-        if ok:
+        out_feats: list[bytes] = []
+        if ok and isinstance(self.strategy, SetStrategy):
+            out_ids, out_scores, out_feats = self._set_candidates(arr, [ids[i] for i in ok])
+        elif ok:
             x = to_model_input(arr, self.spec).to(self.device)
             ok_ids = [ids[i] for i in ok]
             scores = self.strategy.score(self.model, x, ok_ids, self.context)
@@ -112,7 +125,24 @@ class ScoreBatches:
         if len(out_ids):
             n_scored[0] = len(ok)
         return {"id": np.asarray(out_ids, dtype=object), "score": np.asarray(out_scores),
-                "status": np.asarray(status, dtype=object), "n_scored": n_scored}
+                "status": np.asarray(status, dtype=object), "n_scored": n_scored,
+                **self._feature_column(out_feats, len(bad))}
+
+    def _set_candidates(self, arr: np.ndarray, ok_ids: list[str]
+                        ) -> tuple[list[str], list[float], list[bytes]]:
+        """Set-based strategy: the batch's candidate ids, placeholder scores 0 and features as
+        float32 bytes (bytes, not a tensor column: bad rows need an empty value)."""
+        x = to_model_input(arr, self.spec).to(self.device)
+        feats = self.strategy.embed(self.model, x, ok_ids, self.context)
+        keep = self.strategy.candidates(np.asarray(ok_ids, dtype=str), feats,
+                                        self.strategy.num_candidates(self.k), self.context)
+        return ([ok_ids[i] for i in keep], [0.0] * len(keep),
+                [np.ascontiguousarray(feats[i], dtype=np.float32).tobytes() for i in keep])
+
+    def _feature_column(self, feats: list[bytes], num_bad: int) -> dict[str, np.ndarray]:
+        if not isinstance(self.strategy, SetStrategy):
+            return {}
+        return {"features": np.asarray(feats + [b""] * num_bad, dtype=object)}
 
 
 # ---- labeled-set context (runs as a Ray task, next to the data, not on the driver) -----------
@@ -192,13 +222,15 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
         compute=ray.data.ActorPoolStrategy(size=num_actors),
         num_gpus=num_gpus_per_actor, num_cpus=num_cpus_per_actor)
 
-    merger = StreamingTopK(budget)
+    set_based = isinstance(strategy, SetStrategy)
+    merger = StreamingCandidates(strategy, budget, context) if set_based else StreamingTopK(budget)
     skipped: list[tuple[str, str]] = []
     num_scored = 0
     bar = _progress(pool.num_rows - len(labels), f"scoring ({strategy.name})", progress)
     for out in scores_ds.iter_batches(batch_size=None, batch_format="numpy"):
         good = out["status"] == ""
-        merger.add(out["id"][good], out["score"][good])
+        merger.add(out["id"][good], features_from_bytes(out["features"][good]) if set_based
+                   else out["score"][good])
         skipped += [(str(i), str(r)) for i, r in zip(out["id"][~good], out["status"][~good])]
         n = int(out["n_scored"].sum())
         num_scored += n

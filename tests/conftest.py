@@ -36,7 +36,7 @@ def fashion_mnist(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def random_images():
     def make(n: int, size: int = 28, channels: int | None = None, seed: int = 0) -> np.ndarray:
         shape = (n, size, size) if channels is None else (n, size, size, channels)

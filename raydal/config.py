@@ -110,6 +110,9 @@ class TrainingConfig(_Section):
     num_workers: int = Field(1, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0)
     use_gpu: bool = False
+    checkpoint_every: int = Field(0, ge=0, description="epochs between mid-round checkpoints "
+                                  "a restarted worker group resumes from (0: end only)")
+    max_failures: int = Field(1, ge=0, description="Ray Train worker-group restarts")
 
 
 class RayConfig(_Section):

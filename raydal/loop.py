@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from raydal.oracle import (SimulatedOracle, export_for_labeling, parse_label_fil
 from raydal.pool import Pool
 from raydal.scoring.base import create_strategy
 from raydal.storage import (atomic_write_bytes, atomic_write_json, atomic_write_parquet,
-                            read_json, run_dir_lock)
+                            fault_point, read_json, run_dir_lock)
 from raydal.train import TrainSettings
 
 log = logging.getLogger("raydal")
@@ -144,12 +145,24 @@ class ActiveLoop:
             num_classes = d.num_classes
         classes = meta.get("classes") if d.dataset is not None else d.class_names
         pool_ = Pool(pool)
+        self._check_pool_once(pool_)
         if d.pool_subsample:
             pool_ = pool_.subsample(d.pool_subsample, seed, self.run_dir / "data" / "pool.parquet")
         if d.test_subsample:
             test = Pool(test).subsample(d.test_subsample, seed + 1,
                                         self.run_dir / "data" / "test.parquet").path
         return RunData(pool_, str(truth) if truth else None, str(test), num_classes, classes)
+
+    def _check_pool_once(self, pool: Pool) -> None:
+        """Null or duplicate ids make labels ambiguous: refuse such a pool (checked once)."""
+        files = sorted(Path(pool.path).rglob("*.parquet")) if Path(pool.path).is_dir() \
+            else [Path(pool.path)]
+        key = {"pool": pool.path, "files": [[str(f), f.stat().st_size, f.stat().st_mtime_ns]
+                                            for f in files]}
+        record = self.run_dir / "data" / "pool_check.json"
+        if read_json(record) != key:
+            pool.check_ids()
+            atomic_write_json(record, key)
 
     def model_spec(self, num_classes: int) -> ModelSpec:
         m = self.config.model
@@ -182,11 +195,13 @@ class ActiveLoop:
                          num_cpus_per_actor=s.num_cpus_per_actor,
                          input_spec=self.model_spec(data.num_classes).input_spec,
                          progress=cfg.progress)
+            fault_point(f"select-{r}")  # scored, nothing written yet
             atomic_write_json(sel_path.with_suffix(".json"), {
                 "round": r, "strategy": strategy.name, "budget": budget,
                 "num_selected": len(sel.ids), "num_scored": sel.num_scored,
                 "seconds": sel.seconds, "skipped": [list(x) for x in sel.skipped]})
             atomic_write_parquet(sel_path, sel.to_table())  # the commit point of a selection
+            fault_point(f"selected-{r}")
         self._set_state(r, "label")
         if cfg.loop.oracle == "file":
             csv_path = to_label_paths(self.run_dir, r)["csv"]
@@ -198,6 +213,7 @@ class ActiveLoop:
         ids = read_picks(sel_path)
         t0 = time.perf_counter()
         answers = SimulatedOracle(data.truth).label(ids)
+        fault_point(f"label-{r}")  # answers bought, not yet written
         self.labels.append(r, answers, source="simulated", num_classes=data.num_classes)
         meta = read_json(sel_path.with_suffix(".json"), {})
         meta["label_seconds"] = time.perf_counter() - t0
@@ -212,10 +228,13 @@ class ActiveLoop:
         cfg, t = self.config, self.config.training
         labels = self.labels.labels()
         warm = self.checkpoint_path(r - 1) if cfg.loop.warm_start and r > 0 else None
+        shutil.rmtree(self.run_dir / "ray_train", ignore_errors=True)  # a killed run's leftovers
         settings = TrainSettings(t.epochs, t.batch_size, t.lr, t.weight_decay, t.num_workers,
-                                 t.cpus_per_worker, t.use_gpu, seed=cfg.seed + r)
+                                 t.cpus_per_worker, t.use_gpu, seed=cfg.seed + r,
+                                 checkpoint_every=t.checkpoint_every, max_failures=t.max_failures)
         m = train_round(self.model_spec(data.num_classes), data.pool, labels, data.test,
-                        settings, ckpt, warm, self.run_dir / "ray_train", progress=cfg.progress)
+                        settings, ckpt, warm, self.run_dir / "ray_train", progress=cfg.progress,
+                        fault_name=f"train-{r}")
         self._set_state(r, "trained")
         print(f"round {r}: {len(labels)} labels, test accuracy {m['test_accuracy']:.4f} "
               f"(train {m['seconds']:.1f}s)", flush=True)

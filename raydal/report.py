@@ -65,14 +65,19 @@ def round_summary(run_dir: str | Path) -> str:
 
     run_dir = Path(run_dir)
     log = LabelLog(run_dir / "labels")
-    lines = ["| round | picks | labels per class | score min / median / max |",
-             "|---:|---:|---|---|"]
+    from raydal.storage import read_json
+    lines = ["| round | picks | labels per class | score min / median / max | skipped images |",
+             "|---:|---:|---|---|---:|"]
+    all_labels = log.table().column("label").to_numpy()
+    num_classes = int(all_labels.max()) + 1 if len(all_labels) else 0
     for r in log.rounds():
         labels = pq.read_table(log.round_path(r)).column("label").to_numpy()
-        counts = np.bincount(labels) if len(labels) else np.array([], int)
+        counts = np.bincount(labels, minlength=num_classes)
         sel = run_dir / "selections" / f"round-{r:04d}.parquet"
         scores = pq.read_table(sel).column("score").to_numpy() if sel.exists() else np.array([])
         q = (" / ".join(f"{v:.4g}" for v in np.quantile(scores, [0, 0.5, 1]))
              if len(scores) else "-")
-        lines.append(f"| {r} | {len(labels)} | {' '.join(map(str, counts.tolist()))} | {q} |")
+        skipped = len(read_json(sel.with_suffix(".json"), {}).get("skipped", []))
+        lines.append(f"| {r} | {len(labels)} | {' '.join(map(str, counts.tolist()))} | {q} "
+                     f"| {skipped} |")
     return "\n".join(lines)

@@ -7,6 +7,7 @@ reports a safetensors checkpoint, which is copied into the run directory.
 """
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
@@ -21,6 +22,7 @@ import torch
 
 from raydal.models import ModelSpec, create_model, save_checkpoint
 from raydal.pool import Pool
+from raydal.storage import fault_point
 from raydal.transforms import InputSpec, decode_rows, to_model_input
 
 log = logging.getLogger("raydal")
@@ -36,6 +38,8 @@ class TrainSettings:
     cpus_per_worker: float = 1.0
     use_gpu: bool = False
     seed: int = 0
+    checkpoint_every: int = 0  # epochs between mid-round checkpoints (0: only at the end)
+    max_failures: int = 1  # worker-group restarts Ray Train may make (FailureConfig)
 
 
 def decode_labeled(batch: dict[str, np.ndarray], labels_ref: list, spec: InputSpec
@@ -82,7 +86,13 @@ def _train_func(config: dict) -> None:
     s = TrainSettings(**config["settings"])
     torch.manual_seed(s.seed)
     model = create_model(spec, seed=s.seed)
-    if config["init_checkpoint"]:
+    start_epoch = 0
+    restored = ray.train.get_checkpoint()
+    if restored is not None:  # restarted after a worker failure: continue from the last report
+        with restored.as_directory() as d:
+            model.load_state_dict(load_file(Path(d) / "model.safetensors"))
+            start_epoch = json.loads((Path(d) / "meta.json").read_text())["epoch"]
+    elif config["init_checkpoint"]:
         model.load_state_dict(load_file(Path(config["init_checkpoint"]) / "model.safetensors"))
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
@@ -93,7 +103,7 @@ def _train_func(config: dict) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     tracker = config["tracker"][0] if rank == 0 else None
     loss_sum, seen = 0.0, 0
-    for epoch in range(s.epochs):
+    for epoch in range(start_epoch, s.epochs):
         model.train()
         loss_sum, seen = 0.0, 0
         for batch in train_shard.iter_torch_batches(
@@ -110,22 +120,30 @@ def _train_func(config: dict) -> None:
             seen += len(x)
         if tracker is not None:
             tracker.update.remote(epoch + 1, loss_sum / max(seen, 1))
+        if s.checkpoint_every and (epoch + 1) % s.checkpoint_every == 0 and epoch + 1 < s.epochs:
+            _report(model, spec, {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1)},
+                    rank)
     correct, total = _evaluate(model, ray.train.get_dataset_shard("test"), spec, device)
     if ctx.get_world_size() > 1:
         import torch.distributed as dist
         t = torch.tensor([correct, total], dtype=torch.float64, device=device)
         dist.all_reduce(t)
         correct, total = int(t[0]), int(t[1])
-    metrics = {"test_accuracy": correct / max(total, 1), "test_count": total,
-               "train_loss": loss_sum / max(seen, 1)}
-    if rank == 0:
-        with tempfile.TemporaryDirectory() as d:
-            inner = getattr(model, "module", model)
-            save_checkpoint(inner, spec, Path(d) / "ckpt", {"metrics": metrics})
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(
-                str(Path(d) / "ckpt")))
-    else:
+    _report(model, spec, {"epoch": s.epochs, "test_accuracy": correct / max(total, 1),
+                          "test_count": total, "train_loss": loss_sum / max(seen, 1)}, rank)
+
+
+def _report(model, spec: ModelSpec, metrics: dict, rank: int) -> None:
+    """Every worker reports; rank 0 attaches the weights as a checkpoint (meta has the epoch)."""
+    import ray.train
+    if rank != 0:
         ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        save_checkpoint(getattr(model, "module", model), spec, Path(d) / "ckpt",
+                        {"metrics": metrics, "epoch": metrics["epoch"]})
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(
+            str(Path(d) / "ckpt")))
 
 
 @ray.remote(num_cpus=0)
@@ -142,7 +160,7 @@ class EpochTracker:
         return self.state
 
 
-def _fit_with_progress(trainer, tracker, epochs: int, enabled: bool):
+def _fit_with_progress(trainer, tracker, epochs: int, enabled: bool, fault_name: str):
     """trainer.fit() in a thread while a tqdm bar follows the tracker."""
     import threading
     from tqdm.auto import tqdm
@@ -156,6 +174,8 @@ def _fit_with_progress(trainer, tracker, epochs: int, enabled: bool):
             thread.join(0.5)
             epoch, loss = ray.get(tracker.get.remote())
             bar.update(epoch - bar.n)
+            if epoch >= 1:
+                fault_point(fault_name)  # mid-training
             if loss is not None:
                 bar.set_postfix(loss=f"{loss:.3f}")
     value, error = out["result"]
@@ -185,12 +205,12 @@ def _evaluate(model, shard, spec: ModelSpec, device) -> tuple[int, int]:
 def train_round(spec: ModelSpec, pool: Pool, labels: Mapping[str, int], test_path: str,
                 settings: TrainSettings, out_checkpoint: str | Path,
                 init_checkpoint: str | Path | None, storage_path: str | Path,
-                progress: bool = True) -> dict:
+                progress: bool = True, fault_name: str = "train") -> dict:
     """Train on the labeled rows of ``pool``; write the checkpoint folder; return metrics.
 
     Metrics: test_accuracy, test_count, train_loss, seconds (wall time of the whole call).
     """
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     t0 = time.perf_counter()
@@ -206,10 +226,11 @@ def train_round(spec: ModelSpec, pool: Pool, labels: Mapping[str, int], test_pat
                            "tracker": [tracker]},
         scaling_config=ScalingConfig(num_workers=settings.num_workers, use_gpu=settings.use_gpu,
                                      resources_per_worker={"CPU": settings.cpus_per_worker}),
-        run_config=RunConfig(storage_path=str(storage), name=name),
+        run_config=RunConfig(storage_path=str(storage), name=name,
+                             failure_config=FailureConfig(max_failures=settings.max_failures)),
         datasets={"train": train_ds, "test": test_ds},
     )
-    result = _fit_with_progress(trainer, tracker, settings.epochs, progress)
+    result = _fit_with_progress(trainer, tracker, settings.epochs, progress, fault_name)
     ray.kill(tracker)
     if result.checkpoint is None:
         raise RuntimeError(f"training reported no checkpoint (error: {result.error})")

@@ -60,6 +60,13 @@ class Pool:
         return self._dataset().count_rows()
 
     @property
+    def num_bytes(self) -> int:
+        """Size of the Parquet files on disk."""
+        path = Path(self.path)
+        files = path.rglob("*.parquet") if path.is_dir() else [path]
+        return sum(f.stat().st_size for f in files)
+
+    @property
     def columns(self) -> list[str]:
         return ["id", self.image_column]
 

@@ -209,9 +209,12 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
         context = ray.get(task.remote(strategy, source, pool.path, labels, batch_size,
                                       num_gpus_per_actor))
 
-    # Enough blocks that every actor gets work, even for a pool stored as one small file.
-    num_blocks = max(4 * num_actors, -(-pool.num_rows // 20_000))
-    scores_ds = pool.to_dataset(override_num_blocks=num_blocks).map_batches(
+    # Ray Data reads a Parquet file as few large blocks; smaller blocks (split at row groups)
+    # let every actor get work even when the pool is one file.
+    ds = pool.to_dataset()
+    ds.context.target_max_block_size = int(min(
+        ds.context.target_max_block_size, max(256 << 10, pool.num_bytes // (4 * num_actors))))
+    scores_ds = ds.map_batches(
         ScoreBatches,
         fn_constructor_kwargs=dict(source=source, strategy=strategy,
                                    context_ref=[ray.put(context)],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -120,17 +121,25 @@ def _train_func(config: dict) -> None:
             seen += len(x)
         if tracker is not None:
             tracker.update.remote(epoch + 1, loss_sum / max(seen, 1))
+        _maybe_die(config.get("fault_marker"), rank, epoch + 1)
         if s.checkpoint_every and (epoch + 1) % s.checkpoint_every == 0 and epoch + 1 < s.epochs:
             _report(model, spec, {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1)},
                     rank)
-    correct, total = _evaluate(model, ray.train.get_dataset_shard("test"), spec, device)
-    if ctx.get_world_size() > 1:
-        import torch.distributed as dist
-        t = torch.tensor([correct, total], dtype=torch.float64, device=device)
-        dist.all_reduce(t)
-        correct, total = int(t[0]), int(t[1])
+    # "test" is not split across workers (DataConfig in train_round): rank 0 evaluates every
+    # row exactly once (an equal split would drop the remainder rows).
+    correct, total = (_evaluate(model, ray.train.get_dataset_shard("test"), spec, device)
+                      if rank == 0 else (0, 0))
     _report(model, spec, {"epoch": s.epochs, "test_accuracy": correct / max(total, 1),
-                          "test_count": total, "train_loss": loss_sum / max(seen, 1)}, rank)
+                          "test_count": total, "train_loss": loss_sum / max(seen, 1),
+                          "resumed_from_epoch": start_epoch}, rank)
+
+
+def _maybe_die(marker: str | None, rank: int, epoch: int) -> None:
+    """Test-only switch (RAYDAL_FAULT_TRAIN_MARKER in the driver): rank 0 dies once, after
+    epoch 2, as a worker on a lost node would; the marker file records that it happened."""
+    if marker and rank == 0 and epoch == 2 and not Path(marker).exists():
+        Path(marker).touch()
+        os._exit(1)
 
 
 def _report(model, spec: ModelSpec, metrics: dict, rank: int) -> None:
@@ -210,7 +219,7 @@ def train_round(spec: ModelSpec, pool: Pool, labels: Mapping[str, int], test_pat
 
     Metrics: test_accuracy, test_count, train_loss, seconds (wall time of the whole call).
     """
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     t0 = time.perf_counter()
@@ -223,12 +232,14 @@ def train_round(spec: ModelSpec, pool: Pool, labels: Mapping[str, int], test_pat
         _train_func,
         train_loop_config={"spec": spec.to_dict(), "settings": asdict(settings),
                            "init_checkpoint": str(init_checkpoint) if init_checkpoint else None,
-                           "tracker": [tracker]},
+                           "tracker": [tracker],
+                           "fault_marker": os.environ.get("RAYDAL_FAULT_TRAIN_MARKER")},
         scaling_config=ScalingConfig(num_workers=settings.num_workers, use_gpu=settings.use_gpu,
                                      resources_per_worker={"CPU": settings.cpus_per_worker}),
         run_config=RunConfig(storage_path=str(storage), name=name,
                              failure_config=FailureConfig(max_failures=settings.max_failures)),
         datasets={"train": train_ds, "test": test_ds},
+        dataset_config=DataConfig(datasets_to_split=["train"]),
     )
     result = _fit_with_progress(trainer, tracker, settings.epochs, progress, fault_name)
     ray.kill(tracker)

@@ -315,3 +315,10 @@ def k_means_cost(x: np.ndarray, centers: np.ndarray, gram: Gram = dot_gram) -> f
     center."""
     x = np.asarray(x, dtype=np.float64)
     return float(min_sq_dist(x, sq_norms(x, gram), centers, gram).sum())
+
+
+def features_from_bytes(rows: np.ndarray) -> np.ndarray:
+    """(N,) float32 byte strings of equal length (as shipped by the scoring actors) -> (N, D)."""
+    if len(rows) == 0:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.stack([np.frombuffer(r, dtype=np.float32) for r in rows])

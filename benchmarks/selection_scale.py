@@ -1,0 +1,362 @@
+"""How distributed selection (``raydal.select``) scales with pool size, and with actors.
+
+For each pool size (default 10k, 100k, 1.28M rows of 8x8 grayscale PNGs, written streaming in
+row groups, never whole in memory) one fresh driver process starts a local Ray cluster (2 CPUs)
+and runs a full ``raydal.select`` (entropy, budget 1000, 2 actors x 0.5 CPU, a cheap model), then,
+in the same process and without Ray, the bare work: the same decode + model + per-batch top-k +
+merge over the same rows (a sample of them, extrapolated by row count). It reports
+
+  rows_per_s           pool rows / select() wall time (seconds include actor start-up)
+  driver_peak_rss_mb   the driver's VmHWM during select() (HWM reset by /proc/self/clear_refs)
+  driver_rss_growth_mb peak RSS during select() minus RSS just before it
+  driver_peak_anon_mb  peak private heap (RssAnon) during select(), sampled every 0.1 s; VmHWM
+                       also counts object-store pages mapped by the driver (RssShmem)
+  overhead             select wall / (bare seconds / actors) - 1: time beyond perfectly parallel
+                       bare compute (Ray Data read, scheduling, transfer, driver merge)
+  overhead_1actor      the same with 1 actor against bare on 1 thread (size <= 100k only)
+  fixed start-up       select() wall on a 256-row pool: actor start, model shipping, Ray Data
+                       planning; ``*_steady`` figures subtract it (per-row cost only)
+
+and, on a smaller pool with a CPU-bound model (an MLP, model time >> decode time), the speedup of
+2 actors over 1 actor (0.5 CPU each, one torch thread each), end to end and steady state.
+
+Goals: driver memory flat within 100 MB from 10k to 1.28M rows; overhead <= 10%;
+2 actors >= 1.8x one actor. Timings are noisy on a shared 2-core machine.
+
+    python benchmarks/selection_scale.py [--sizes 10000,100000,1280000] [--quick] [--out PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's raydal, whatever is installed
+DEFAULT_SIZES = [10_000, 100_000, 1_280_000]
+QUICK_SIZES = [2_000, 20_000]
+ROWS_PER_FILE = 10_000      # pool files (shards) of 10k rows ...
+ROW_GROUP = 2_500           # ... written as row groups of 2.5k
+IMG = 8                     # px, grayscale
+BUDGET = 1000
+GOALS = {"driver_memory_flat_mb": 100.0, "overhead_max": 0.10, "speedup_2_actors_min": 1.8}
+
+
+# ---- synthetic pools ---------------------------------------------------------------------------
+def build_pool(n: int, folder: Path) -> Path:
+    """A folder of Parquet files (id string, image PNG bytes) with ``n`` rows; reused if complete.
+
+    Images are 8x8 uint8 noise, encoded one at a time and written a row group at a time, so
+    memory stays at one row group whatever ``n`` is.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from raydal.storage import atomic_write, atomic_write_json, read_json
+    from raydal.transforms import encode_png
+
+    done = folder / "_SUCCESS.json"
+    if (read_json(done) or {}).get("rows") == n:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.parquet"):
+        old.unlink()
+    schema = pa.schema([("id", pa.string()), ("image", pa.binary())])
+    t0 = time.perf_counter()
+    for f, start in enumerate(range(0, n, ROWS_PER_FILE)):
+        stop = min(n, start + ROWS_PER_FILE)
+
+        def write(tmp: Path, start=start, stop=stop, f=f) -> None:
+            rng = np.random.default_rng(f)
+            with pq.ParquetWriter(tmp, schema) as w:
+                for s in range(start, stop, ROW_GROUP):
+                    e = min(stop, s + ROW_GROUP)
+                    images = rng.integers(0, 256, (e - s, IMG, IMG), dtype=np.uint8)
+                    w.write_table(pa.table({
+                        "id": pa.array([f"{i:09d}" for i in range(s, e)], pa.string()),
+                        "image": pa.array([encode_png(x) for x in images], pa.binary())},
+                        schema=schema))
+        atomic_write(folder / f"part-{f:05d}.parquet", write)
+    atomic_write_json(done, {"rows": n, "seconds": time.perf_counter() - t0})
+    print(f"  built pool of {n} rows in {time.perf_counter() - t0:.1f}s: {folder}", flush=True)
+    return folder
+
+
+# ---- models --------------------------------------------------------------------------------------
+def make_model(kind: str):
+    """cheap: linear 64 -> 10 (decode-bound). cpu: MLP 64 -> 2048 -> 2048 -> 2048 -> 10,
+    hidden 2048 (~17 MFLOP/image, model-bound). Plain torch.nn, so it pickles to any actor."""
+    import torch
+    torch.manual_seed(0)
+    n = IMG * IMG
+    if kind == "cheap":
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(n, 10)).eval()
+    h = 2048
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(n, h), torch.nn.ReLU(),
+                               torch.nn.Linear(h, h), torch.nn.ReLU(), torch.nn.Linear(h, h),
+                               torch.nn.ReLU(), torch.nn.Linear(h, 10)).eval()
+
+
+# ---- measurements (run in a fresh driver process each) -------------------------------------------
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where not allowed."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+class _PeakSampler:
+    """Samples /proc/self/status every ``period_s`` in a thread; keeps the peak of each field.
+
+    VmHWM counts object-store (shared memory) pages the driver has mapped; RssAnon is the
+    driver's own heap, RssShmem the mapped shared pages: the peaks say which one grew.
+    """
+
+    FIELDS = ("RssAnon", "RssShmem", "RssFile")
+
+    def __init__(self, period_s: float = 0.1):
+        import threading
+        self.peak_mb = {f: 0.0 for f in self.FIELDS}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(period_s,), daemon=True)
+
+    def _run(self, period_s: float) -> None:
+        while not self._stop.is_set():
+            for f in self.FIELDS:
+                self.peak_mb[f] = max(self.peak_mb[f], _status_kb(f) / 1024)
+            self._stop.wait(period_s)
+
+    def __enter__(self) -> "_PeakSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def bare_seconds(pool_path: str, model_kind: str, rows: int, batch_size: int) -> dict:
+    """Decode + model + per-batch top-k + streaming merge over the first ``rows`` rows, one
+    process, one torch thread, no Ray: the work select() distributes. Returns seconds, rows."""
+    import numpy as np
+    import pyarrow.dataset as pads
+    import torch
+    from raydal.merge import StreamingTopK, top_k
+    from raydal.scoring import create_strategy
+    from raydal.transforms import InputSpec, decode_rows, to_model_input
+
+    torch.set_num_threads(1)
+    spec, strategy, model = InputSpec(1, IMG), create_strategy("entropy"), make_model(model_kind)
+    merger, seen = StreamingTopK(BUDGET), 0
+    t0 = time.perf_counter()
+    for batch in pads.dataset(pool_path, format="parquet").to_batches(
+            columns=["id", "image"], batch_size=batch_size):
+        ids = np.asarray([str(i) for i in batch.column(0).to_pylist()], dtype=object)
+        arr, ok, _ = decode_rows(batch.column(1).to_pylist(), None, spec)
+        with torch.no_grad():
+            scores = strategy.score(model, to_model_input(arr, spec), list(ids[ok]), None)
+        merger.add(*top_k(ids[ok].astype(str), scores.double().numpy(), BUDGET))
+        seen += len(ids)
+        if seen >= rows:
+            break
+    merger.result()
+    return {"seconds": time.perf_counter() - t0, "rows": seen}
+
+
+def measure(pool_path: str, model_kind: str, num_actors: int, batch_size: int,
+            bare_rows: int) -> dict:
+    """One select() in this (fresh) process on a local 2-CPU cluster, then bare on a sample."""
+    import logging
+    import ray
+    import ray.data
+    import raydal
+    from raydal.transforms import InputSpec
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.WARNING)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    pool = raydal.Pool(pool_path)
+    n = pool.num_rows
+    model = make_model(model_kind)
+    rss_before = _status_kb("VmRSS") / 1024
+    anon_before = _status_kb("RssAnon") / 1024
+    reset = _reset_peak_rss()
+    t0 = time.perf_counter()
+    with _PeakSampler() as sampler:
+        sel = raydal.select(pool, model, "entropy", BUDGET, num_actors=num_actors,
+                            batch_size=batch_size, num_cpus_per_actor=0.5,
+                            input_spec=InputSpec(1, IMG), progress=False)
+    wall = time.perf_counter() - t0
+    peak = _status_kb("VmHWM") / 1024
+    rss_after = _status_kb("VmRSS") / 1024
+    assert len(sel.ids) == min(BUDGET, n) and sel.num_scored == n, (len(sel.ids), sel.num_scored)
+    ray.shutdown()
+    bare = bare_seconds(pool_path, model_kind, min(bare_rows, n), batch_size)
+    bare_full = bare["seconds"] * n / bare["rows"]
+    return {"rows": n, "model": model_kind, "num_actors": num_actors, "batch_size": batch_size,
+            "select_seconds": wall, "rows_per_s": n / wall,
+            "driver_rss_before_mb": rss_before, "driver_peak_rss_mb": peak if reset else None,
+            "driver_rss_after_mb": rss_after,
+            "driver_anon_before_mb": anon_before,
+            "driver_peak_anon_mb": sampler.peak_mb["RssAnon"],
+            "driver_peak_shmem_mb": sampler.peak_mb["RssShmem"],
+            "driver_rss_growth_mb": (peak - rss_before) if reset else rss_after - rss_before,
+            "bare_sample_rows": bare["rows"], "bare_sample_seconds": bare["seconds"],
+            "bare_seconds_extrapolated": bare_full,
+            "bare_rows_per_s_1thread": bare["rows"] / bare["seconds"],
+            "overhead": wall / (bare_full / num_actors) - 1}
+
+
+def run_child(**kw) -> dict:
+    """``measure`` in a fresh interpreter, so each driver's memory is its own."""
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    env.pop("RAY_ADDRESS", None)  # always a private local cluster, never someone else's
+    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(kw)], env=env,
+                         capture_output=True, text=True, cwd=ROOT)
+    if out.returncode != 0:
+        raise RuntimeError(f"child {kw} failed:\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---- report ----------------------------------------------------------------------------------------
+def markdown(result: dict) -> str:
+    f = result["fixed_startup_s"]
+    lines = [f"Fixed start-up of one select() (256-row pool): cheap model {f['cheap_2']:.1f}s "
+             f"(2 actors), {f['cheap_1']:.1f}s (1 actor); CPU-bound model {f['cpu_2']:.1f}s / "
+             f"{f['cpu_1']:.1f}s.", "",
+             "| rows | select s | rows/s | driver peak RSS MB | RSS growth MB | peak anon / shmem MB "
+             "| bare 1-thread rows/s | overhead vs bare/2 | steady overhead vs bare/2 "
+             "| overhead 1 actor |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["sizes"]:
+        o1 = r.get("overhead_1actor")
+        lines.append(f"| {r['rows']:,} | {r['select_seconds']:.1f} | {r['rows_per_s']:,.0f} | "
+                     f"{r['driver_peak_rss_mb'] or float('nan'):.0f} | "
+                     f"{r['driver_rss_growth_mb']:.0f} | {r['driver_peak_anon_mb']:.0f} / "
+                     f"{r['driver_peak_shmem_mb']:.0f} | {r['bare_rows_per_s_1thread']:,.0f} | "
+                     f"{r['overhead']:+.0%} | {r['overhead_steady']:+.0%} | "
+                     f"{'' if o1 is None else f'{o1:+.0%}'} |")
+    s = result["scaling"]
+    lines += ["", f"CPU-bound model ({s['rows']:,} rows, bare 1 thread "
+              f"{s['one']['bare_seconds_extrapolated']:.1f}s): 1 actor "
+              f"{s['one']['select_seconds']:.1f}s, 2 actors {s['two']['select_seconds']:.1f}s; "
+              f"speedup {s['speedup']:.2f}x end to end, {_fmt(s['speedup_steady'], '.2f')}x steady state "
+              "(fixed start-up subtracted)", "", "Goals:"]
+    for name, g in result["goals"].items():
+        lines.append(f"- {name}: {'MET' if g['met'] else 'NOT MET'} ({g['measured']})")
+    return "\n".join(lines)
+
+
+def _steady_ratio(a: float, b: float) -> float | None:
+    """a / b of two start-up-subtracted times; None when noise made either non-positive."""
+    return a / b if a > 0 and b > 0 else None
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "n/a (noise > signal)" if x is None else format(x, spec)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", help="comma-separated pool sizes (rows)")
+    p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    p.add_argument("--data-dir", default=str(ROOT / "data" / "bench" / "selection_scale"))
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "selection_scale.json"))
+    p.add_argument("--bare-rows", type=int, default=100_000,
+                   help="rows timed for the bare (no Ray) reference, extrapolated beyond")
+    p.add_argument("--scaling-rows", type=int, default=None)
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print(json.dumps(measure(**json.loads(args.child))), flush=True)
+        return 0
+
+    sizes = ([int(s) for s in args.sizes.split(",")] if args.sizes
+             else QUICK_SIZES if args.quick else DEFAULT_SIZES)
+    scaling_rows = args.scaling_rows or (2_000 if args.quick else 20_000)
+    bare_rows = min(args.bare_rows, 10_000) if args.quick else args.bare_rows
+    data = Path(args.data_dir)
+    t_start = time.perf_counter()
+    result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                          "python": platform.python_version(),
+                          "loadavg_at_start": os.getloadavg()},
+              "note": "shared 2-core machine (other engineers run tests): timings are noisy",
+              "settings": {"image_px": IMG, "budget": BUDGET, "strategy": "entropy",
+                           "num_cpus_per_actor": 0.5, "cluster_cpus": 2, "bare_rows": bare_rows},
+              "sizes": [], "scaling": {}}
+
+    def child(pool: Path, kind: str, actors: int, rows: int = bare_rows) -> dict:
+        return run_child(pool_path=str(pool), model_kind=kind, num_actors=actors,
+                         batch_size=1024 if kind == "cheap" else 256, bare_rows=rows)
+
+    tiny = build_pool(256, data / "pool-256")
+    fixed = {f"{k}_{a}": child(tiny, k, a)["select_seconds"]
+             for k in ("cheap", "cpu") for a in (1, 2)}
+    result["fixed_startup_s"] = fixed
+    print(f"  fixed start-up: {fixed}", flush=True)
+    for n in sizes:
+        pool = build_pool(n, data / f"pool-{n}")
+        r = child(pool, "cheap", 2)
+        r["overhead_steady"] = ((r["select_seconds"] - fixed["cheap_2"])
+                                / (r["bare_seconds_extrapolated"] / 2) - 1)
+        if n <= 100_000:
+            one = child(pool, "cheap", 1)
+            r["overhead_1actor"] = one["overhead"]
+            r["select_seconds_1actor"] = one["select_seconds"]
+        result["sizes"].append(r)
+        print(f"  {n:>9,} rows: {r['select_seconds']:.1f}s, {r['rows_per_s']:,.0f} rows/s, "
+              f"driver peak {r['driver_peak_rss_mb']:.0f} MB, overhead {r['overhead']:+.0%} "
+              f"(steady {r['overhead_steady']:+.0%})", flush=True)
+    pool = build_pool(scaling_rows, data / f"pool-{scaling_rows}")
+    one, two = child(pool, "cpu", 1, scaling_rows), child(pool, "cpu", 2, scaling_rows)
+    result["scaling"] = {
+        "rows": scaling_rows, "one": one, "two": two,
+        "speedup": one["select_seconds"] / two["select_seconds"],
+        "speedup_steady": _steady_ratio(one["select_seconds"] - fixed["cpu_1"],
+                                        two["select_seconds"] - fixed["cpu_2"])}
+
+    peaks = [r["driver_peak_rss_mb"] or r["driver_rss_after_mb"] for r in result["sizes"]]
+    spread = max(peaks) - min(peaks)
+    worst = max(r["overhead"] for r in result["sizes"])
+    worst_steady = max(r["overhead_steady"] for r in result["sizes"])
+    sc = result["scaling"]
+    result["goals"] = {
+        "driver memory flat (peak spread <= 100 MB)": {
+            "met": spread <= GOALS["driver_memory_flat_mb"],
+            "measured": f"peak RSS {min(peaks):.0f}-{max(peaks):.0f} MB, spread {spread:.0f} MB"},
+        "pipeline overhead <= 10% (2 actors vs bare/2, end to end)": {
+            "met": worst <= GOALS["overhead_max"],
+            "measured": ", ".join(f"{r['rows']:,}: {r['overhead']:+.0%} (steady "
+                                  f"{r['overhead_steady']:+.0%})" for r in result["sizes"])},
+        "2 actors >= 1.8x one actor (CPU-bound model, end to end)": {
+            "met": sc["speedup"] >= GOALS["speedup_2_actors_min"],
+            "measured": f"{sc['speedup']:.2f}x end to end, "
+                        f"{_fmt(sc['speedup_steady'], '.2f')}x steady"},
+    }
+    result["worst_overhead_steady"] = worst_steady
+    result["total_seconds"] = time.perf_counter() - t_start
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print()
+    print(markdown(result))
+    print(f"\nwrote {out} ({result['total_seconds']:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -127,7 +127,9 @@ def _train_func(config: dict) -> None:
                     rank)
     # "test" is not split across workers (DataConfig in train_round): rank 0 evaluates every
     # row exactly once (an equal split would drop the remainder rows).
-    correct, total = (_evaluate(model, ray.train.get_dataset_shard("test"), spec, device)
+    # The unwrapped module: a DDP forward syncs buffers with every rank and would wait forever.
+    correct, total = (_evaluate(getattr(model, "module", model),
+                                ray.train.get_dataset_shard("test"), spec, device)
                       if rank == 0 else (0, 0))
     _report(model, spec, {"epoch": s.epochs, "test_accuracy": correct / max(total, 1),
                           "test_count": total, "train_loss": loss_sum / max(seen, 1),
@@ -139,6 +141,7 @@ def _maybe_die(marker: str | None, rank: int, epoch: int) -> None:
     epoch 2, as a worker on a lost node would; the marker file records that it happened."""
     if marker and rank == 0 and epoch == 2 and not Path(marker).exists():
         Path(marker).touch()
+        time.sleep(5)  # the controller collects the epoch-1 report asynchronously
         os._exit(1)
 
 

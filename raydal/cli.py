@@ -1,10 +1,21 @@
-"""The ``raydal`` command: run, status, data."""
+"""The ``raydal`` command: run, status, report, import-labels, data."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 from pathlib import Path
+
+
+def _open_run(run_dir: str):
+    """The ActiveLoop of an existing run directory (its own config.yaml)."""
+    from raydal.config import load_config
+    from raydal.loop import ActiveLoop
+
+    path = Path(run_dir)
+    if not (path / "config.yaml").exists():
+        raise FileNotFoundError(f"{path} is not a raydal run directory (no config.yaml)")
+    return ActiveLoop(load_config(path / "config.yaml"), path)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -24,37 +35,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from raydal.config import load_config
-    from raydal.loop import ActiveLoop
     from raydal.report import format_table
     from raydal.storage import read_json
 
-    run_dir = Path(args.run_dir)
-    if not (run_dir / "config.yaml").exists():
-        print(f"error: {run_dir} is not a raydal run directory (no config.yaml)", file=sys.stderr)
-        return 2
-    state = read_json(run_dir / "state.json", {})
-    loop = ActiveLoop(load_config(run_dir / "config.yaml"), run_dir)
-    print(json.dumps(state))
+    loop = _open_run(args.run_dir)
+    print(json.dumps(read_json(loop.run_dir / "state.json", {})))
     print(f"labels: {len(loop.labels.labels())} in rounds {loop.labels.rounds()}")
     print(format_table(loop.metrics()))
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from raydal.config import load_config
-    from raydal.loop import ActiveLoop
     from raydal.report import format_auc_table, round_summary, write_learning_curve
 
     runs = {}
     for d in args.run_dirs:
-        run_dir = Path(d)
-        if not (run_dir / "config.yaml").exists():
-            print(f"error: {run_dir} is not a raydal run directory (no config.yaml)",
-                  file=sys.stderr)
-            return 2
-        cfg = load_config(run_dir / "config.yaml")
-        runs[f"{run_dir.name} ({cfg.strategy.name})"] = ActiveLoop(cfg, run_dir).metrics()
+        loop = _open_run(d)
+        runs[f"{loop.run_dir.name} ({loop.config.strategy.name})"] = loop.metrics()
     out = Path(args.out or Path(args.run_dirs[0]) / "report" / "comparison.png")
     write_learning_curve(runs, out)
     print(format_auc_table(runs))
@@ -66,16 +63,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_import_labels(args: argparse.Namespace) -> int:
-    from raydal.config import load_config
     from raydal.labels import LabelError
-    from raydal.loop import ActiveLoop
 
-    run_dir = Path(args.run_dir)
-    if not (run_dir / "config.yaml").exists():
-        print(f"error: {run_dir} is not a raydal run directory (no config.yaml)", file=sys.stderr)
-        return 2
+    loop = _open_run(args.run_dir)
     try:
-        r, n = ActiveLoop(load_config(run_dir / "config.yaml"), run_dir).import_labels(args.file)
+        r, n = loop.import_labels(args.file)
     except LabelError as e:
         print(f"error: nothing imported: {e}", file=sys.stderr)
         return 2

@@ -59,6 +59,9 @@ class ModelConfig(_Section):
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
     kwargs: dict[str, Any] = Field(default_factory=dict, description="extra timm.create_model args")
+    channel_mismatch: Literal["convert", "skip"] = Field(
+        "convert", description="images whose channel count differs from in_chans: convert "
+        "(grayscale <-> RGB) or skip them (counted and listed in the round's record)")
 
     @field_validator("name")
     @classmethod

@@ -167,7 +167,7 @@ class ActiveLoop:
     def model_spec(self, num_classes: int) -> ModelSpec:
         m = self.config.model
         return ModelSpec(m.name, num_classes, m.in_chans, m.img_size, tuple(m.mean),
-                         tuple(m.std), dict(m.kwargs))
+                         tuple(m.std), dict(m.kwargs), m.channel_mismatch)
 
     def _set_state(self, r: int, phase: str) -> None:
         atomic_write_json(self.run_dir / "state.json", {

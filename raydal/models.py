@@ -32,10 +32,12 @@ class ModelSpec:
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
     kwargs: dict[str, Any] = field(default_factory=dict)
+    channel_mismatch: str = "convert"
 
     @property
     def input_spec(self) -> InputSpec:
-        return InputSpec(self.in_chans, self.img_size, tuple(self.mean), tuple(self.std))
+        return InputSpec(self.in_chans, self.img_size, tuple(self.mean), tuple(self.std),
+                         channel_mismatch=self.channel_mismatch)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

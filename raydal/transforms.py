@@ -32,6 +32,7 @@ class InputSpec:
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
     max_pixels: int = DEFAULT_MAX_PIXELS
+    channel_mismatch: str = "convert"  # or "skip": refuse images whose channels differ
 
 
 _MODES = {1: "L", 3: "RGB"}
@@ -57,6 +58,10 @@ def load_image(data: bytes | None, path: str | None, spec: InputSpec) -> np.ndar
                                f"{spec.max_pixels} (possible decompression bomb)")
             if im.mode not in _ACCEPTED_MODES:
                 raise BadImage(f"unsupported image mode {im.mode!r}")
+            bands = len(im.getbands())
+            if spec.channel_mismatch == "skip" and bands != spec.in_chans:
+                raise BadImage(f"image has {bands} channels ({im.mode}), the model expects "
+                               f"{spec.in_chans}")
             im.load()
     except BadImage:
         raise

@@ -117,3 +117,12 @@ def test_bad_images_are_reported_not_raised():
     assert "cannot decode" in reasons[3] and "decompression bomb" in reasons[4]
     with pytest.raises(BadImage):
         load_image(b"", None, InputSpec(1, 8))
+
+
+def test_channel_mismatch_converts_by_default_and_skips_when_asked():
+    rgb = encode_png(np.zeros((8, 8, 3), np.uint8))
+    gray = encode_png(np.zeros((8, 8), np.uint8))
+    assert load_image(rgb, None, InputSpec(1, 8)).shape == (1, 8, 8)
+    strict = InputSpec(1, 8, channel_mismatch="skip")
+    arr, ok, bad = decode_rows([gray, rgb], None, strict)
+    assert ok == [0] and "image has 3 channels (RGB), the model expects 1" in dict(bad)[1]

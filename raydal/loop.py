@@ -34,7 +34,6 @@ from raydal.storage import (atomic_write_bytes, atomic_write_json, atomic_write_
                             fault_point, read_json, run_dir_lock)
 from raydal.train import TrainSettings
 
-log = logging.getLogger("raydal")
 #: Config sections that must not change when a run is resumed (they define what was bought).
 _FIXED_ON_RESUME = ("seed", "data", "model", "strategy")
 _FIXED_LOOP = ("initial", "per_round")

@@ -8,7 +8,6 @@ reports a safetensors checkpoint, which is copied into the run directory.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -21,12 +20,11 @@ import numpy as np
 import ray
 import torch
 
-from raydal.models import ModelSpec, create_model, save_checkpoint
+from raydal.models import ModelSpec, create_model, load_checkpoint, save_checkpoint
 from raydal.pool import Pool
 from raydal.storage import fault_point
 from raydal.transforms import InputSpec, decode_rows, to_model_input
 
-log = logging.getLogger("raydal")
 
 
 @dataclass(frozen=True)
@@ -249,17 +247,10 @@ def train_round(spec: ModelSpec, pool: Pool, labels: Mapping[str, int], test_pat
     if result.checkpoint is None:
         raise RuntimeError(f"training reported no checkpoint (error: {result.error})")
     with result.checkpoint.as_directory() as d:
-        model = _load_from(Path(d), spec)
+        model, _ = load_checkpoint(d)  # written by save_checkpoint on rank 0
         metrics = {**result.metrics, "seconds": time.perf_counter() - t0}
         save_checkpoint(model, spec, out_checkpoint, {
             "metrics": result.metrics, "num_labeled": len(labels),
             "train_seconds": metrics["seconds"]})
     shutil.rmtree(storage / name, ignore_errors=True)
     return metrics
-
-
-def _load_from(folder: Path, spec: ModelSpec) -> torch.nn.Module:
-    from safetensors.torch import load_file
-    model = create_model(spec)
-    model.load_state_dict(load_file(folder / "model.safetensors"))
-    return model

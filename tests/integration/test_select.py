@@ -3,7 +3,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 import raydal
 from raydal.merge import top_k

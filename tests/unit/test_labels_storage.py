@@ -3,7 +3,6 @@ import subprocess
 import sys
 import textwrap
 
-import pyarrow as pa
 import pytest
 
 from raydal.labels import LabelError, LabelLog

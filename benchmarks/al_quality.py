@@ -10,7 +10,8 @@ Protocol (the same for every strategy):
   - training: timm ``test_resnet`` (in_chans=1, 32 px, random init), Adam 1e-3, batch 64,
     ``--steps`` optimizer steps per round (= ceil(steps / batches per epoch) epochs), RETRAINED
     FROM SCRATCH every round with an init seeded by (seed, round), so strategies differ only by
-    their labels. The model that selects is the one just trained.
+    their labels; ``--warm-start`` starts each round from the last weights instead (a new Adam
+    each round, as the dynamicAL reference code does). The model that selects is the one just trained.
   - selection runs in-process with the registered Strategy objects (score + ``raydal.merge.top_k``,
     or a SetStrategy's embed + pick on the whole pool: the exact single-process algorithm).
     ``raydal.select`` gives the same top-b for score strategies; for set strategies the
@@ -88,9 +89,13 @@ def load_data(data_dir: Path, pool_size: int, test_size: int):
             torch.tensor(test.column("label").to_pylist()))
 
 
-def train(x: torch.Tensor, y: torch.Tensor, steps: int, seed: int) -> torch.nn.Module:
-    """Fresh test_resnet, Adam 1e-3, batch 64, ``steps`` steps over reshuffled epochs."""
+def train(x: torch.Tensor, y: torch.Tensor, steps: int, seed: int,
+          init: torch.nn.Module | None = None) -> torch.nn.Module:
+    """test_resnet (fresh, or warm-started from ``init``'s weights), a new Adam 1e-3 each call,
+    batch 64, ``steps`` steps over reshuffled epochs."""
     model = create_model(SPEC, seed=seed)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(seed)
     model.train()
@@ -175,8 +180,10 @@ def run(args, save=lambda result: None) -> dict:
             strategy = parse_strategy(name, seed)
             labeled = initial
             curve, t_run, t_sel = [], time.perf_counter(), 0.0
+            model = None
             for r in range(args.rounds + 1):
-                model = train(x[labeled], y[labeled], args.steps, seed=seed * 1000 + r)
+                model = train(x[labeled], y[labeled], args.steps, seed=seed * 1000 + r,
+                              init=model if args.warm_start else None)
                 curve.append({"labels": int(len(labeled)),
                               "accuracy": accuracy(model, test_x, test_y)})
                 if r == args.rounds:
@@ -227,7 +234,8 @@ def summary(result: dict) -> str:
         rows.append((aucs.mean(), f"| {name} | {mean_std(aucs)} | {mean_std(final)} | "
                                   f"{len(runs)} |"))
     cfg = result["config"]
-    head = (f"Fashion-MNIST, test_resnet retrained from scratch ({cfg['steps']} Adam steps), pool "
+    start = "warm-started" if cfg.get("warm_start") else "retrained from scratch"
+    head = (f"Fashion-MNIST, test_resnet {start} ({cfg['steps']} Adam steps), pool "
             f"{cfg['pool_size']}, test {cfg['test_size']}, {cfg['initial']} + {cfg['rounds']} x "
             f"{cfg['budget']} labels; mean ± std over seeds.\n\n"
             "| strategy | AUC (mean acc %) | final acc % | seeds |\n|---|---:|---:|---:|\n")
@@ -265,6 +273,8 @@ def main(argv=None) -> dict:
     p.add_argument("--budget", type=int, default=100)
     p.add_argument("--steps", type=int, default=200, help="optimizer steps per round")
     p.add_argument("--strategies", nargs="+", default=STRATEGIES)
+    p.add_argument("--warm-start", action="store_true",
+                   help="start each round from the last round's weights (default: from scratch)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: robust on a shared, oversubscribed machine)")
     p.add_argument("--data-dir", default="/tmp/raydal-bench/fashion-mnist")

@@ -154,10 +154,8 @@ class ActiveLoop:
 
     def _check_pool_once(self, pool: Pool) -> None:
         """Null or duplicate ids make labels ambiguous: refuse such a pool (checked once)."""
-        files = sorted(Path(pool.path).rglob("*.parquet")) if Path(pool.path).is_dir() \
-            else [Path(pool.path)]
         key = {"pool": pool.path, "files": [[str(f), f.stat().st_size, f.stat().st_mtime_ns]
-                                            for f in files]}
+                                            for f in pool.files]}
         record = self.run_dir / "data" / "pool_check.json"
         if read_json(record) != key:
             pool.check_ids()

@@ -62,10 +62,7 @@ def export_for_labeling(run_dir: Path, r: int, selection: pa.Table, pool: Pool,
     """Write the round's picks for people; returns the CSV path (written last)."""
     paths = to_label_paths(run_dir, r)
     rows = pool.take(selection.column("id").to_pylist())
-    where = {}
-    col = rows.column(pool.image_column).to_pylist()
-    for id_, value in zip(rows.column("id").to_pylist(), col):
-        where[id_] = value
+    where = dict(zip(rows.column("id").to_pylist(), rows.column(pool.image_column).to_pylist()))
     ranks = dict(zip(selection.column("id").to_pylist(), selection.column("rank").to_pylist()))
     scores = dict(zip(selection.column("id").to_pylist(), selection.column("score").to_pylist()))
     image_of = {}

@@ -60,11 +60,15 @@ class Pool:
         return self._dataset().count_rows()
 
     @property
+    def files(self) -> list[Path]:
+        """The Parquet files of the pool, sorted."""
+        path = Path(self.path)
+        return sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
+
+    @property
     def num_bytes(self) -> int:
         """Size of the Parquet files on disk."""
-        path = Path(self.path)
-        files = path.rglob("*.parquet") if path.is_dir() else [path]
-        return sum(f.stat().st_size for f in files)
+        return sum(f.stat().st_size for f in self.files)
 
     @property
     def columns(self) -> list[str]:

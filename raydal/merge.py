@@ -3,6 +3,10 @@
 Order: higher score first; equal scores break by smaller id (string order). Because this is a
 total order on (score, id) and each sample's score does not depend on its batch, the top-k of
 the union of any partition's per-part top-k is the global top-k: sharding never changes a pick.
+A scorer may drop more than its batch's top-k: a row that is not in the top-k of everything the
+same scorer has seen is ranked below k rows of the pool, so it cannot be a global pick either
+(``RunningTopK``). That keeps what crosses the network to about k * (1 + ln(n / k)) rows per
+scorer of n rows (rows in random order), instead of k per batch.
 """
 from __future__ import annotations
 
@@ -21,6 +25,34 @@ def top_k(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.n
         ids, scores = ids[keep], scores[keep]
     order = np.lexsort((ids, -scores))[:k]
     return ids[order], scores[order]
+
+
+class RunningTopK:
+    """One scorer's top-k so far; ``admit`` passes on only the rows of a chunk that may enter it.
+
+    Every row of the scorer's top-k is passed on at the time it is seen (and a few that are
+    pushed out again by rows of the same chunk), so merging what all scorers passed on with
+    ``StreamingTopK`` gives exactly the global top-k. Holds O(k) rows.
+    """
+
+    def __init__(self, k: int):
+        if k < 1:
+            raise ValueError(f"k must be a positive int, got {k}")
+        self.k = k
+        self._ids = np.array([], dtype=str)
+        self._scores = np.array([], dtype=np.float64)
+
+    def admit(self, ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The rows of (ids (N,) str, scores (N,) float64) to pass on, best first."""
+        ids, scores = top_k(ids, scores, self.k)
+        if len(self._ids) == self.k:  # full: only rows ranked above the current k-th can enter
+            last_score, last_id = self._scores[-1], self._ids[-1]
+            above = (scores > last_score) | ((scores == last_score) & (ids < last_id))
+            ids, scores = ids[above], scores[above]
+        if len(ids):
+            self._ids, self._scores = top_k(np.concatenate([self._ids, ids]),
+                                            np.concatenate([self._scores, scores]), self.k)
+        return ids, scores
 
 
 class StreamingTopK:

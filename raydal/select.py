@@ -1,7 +1,8 @@
 """Distributed selection: Ray Data streams the pool through scoring actors; the driver merges.
 
-pool --read_parquet--> ScoreBatches actors (drop labeled ids, decode, score, keep batch top-k)
-     --(id, score) rows, at most k a batch--> driver StreamingTopK --> exact global top-k.
+pool --read_parquet--> ScoreBatches actors (drop labeled ids, decode, score, RunningTopK)
+     --(id, score) rows that enter the actor's running top-k--> driver StreamingTopK
+     --> exact global top-k.
 Set-based strategies (BADGE, Coreset; raydal.scoring.diversity): the actors embed each batch and
 keep its ``candidates`` (rows + features), the driver's StreamingCandidates reduces their union
 and runs ``pick`` -- an approximation of the single-process algorithm, measured in that module.
@@ -19,7 +20,7 @@ import pyarrow as pa
 import ray
 import torch
 
-from raydal.merge import StreamingTopK, top_k
+from raydal.merge import RunningTopK, StreamingTopK
 from raydal.models import ModelSpec, load_checkpoint, read_checkpoint_meta
 from raydal.pool import Pool
 from raydal.scoring.base import Strategy, create_strategy
@@ -85,6 +86,10 @@ def _device(num_gpus: float) -> str:
 
 
 # ---- the scoring actor -----------------------------------------------------------------------
+#: status of an output row that is neither a candidate ("") nor a skipped image (the reason).
+COUNT_ONLY = "\x00count-only"
+
+
 class ScoreBatches:
     """Callable class for ``map_batches``: model loaded once per actor, one batch per call."""
 
@@ -98,6 +103,7 @@ class ScoreBatches:
         self.context = ray.get(context_ref[0])
         self.labeled = ray.get(labeled_ref[0])
         self.k = k
+        self.running = RunningTopK(k)  # no lock: Ray Data calls an actor one batch at a time
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids = np.asarray([str(i) for i in batch["id"]], dtype=object)
@@ -115,12 +121,14 @@ class ScoreBatches:
             x = to_model_input(arr, self.spec).to(self.device)
             ok_ids = [ids[i] for i in ok]
             scores = self.strategy.score(self.model, x, ok_ids, self.context)
-            top_ids, top_scores = top_k(np.asarray(ok_ids, dtype=str),
-                                        scores.detach().double().cpu().numpy(), self.k)
+            top_ids, top_scores = self.running.admit(np.asarray(ok_ids, dtype=str),
+                                                     scores.detach().double().cpu().numpy())
             out_ids, out_scores = top_ids.tolist(), top_scores.tolist()
         status = [""] * len(out_ids) + [reason for _, reason in bad]
         out_ids += [ids[i] for i, _ in bad]
         out_scores += [float("nan")] * len(bad)
+        if ok and not out_ids:  # nothing passed on: one row that only carries the count
+            out_ids, out_scores, status = [""], [float("nan")], [COUNT_ONLY]
         n_scored = np.zeros(len(out_ids), dtype=np.int64)
         if len(out_ids):
             n_scored[0] = len(ok)
@@ -232,12 +240,13 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
     bar = _progress(pool.num_rows - len(labels), f"scoring ({strategy.name})", progress)
     for out in scores_ds.iter_batches(batch_size=None, batch_format="numpy"):
         good = out["status"] == ""
+        bad = ~good & (out["status"] != COUNT_ONLY)
         merger.add(out["id"][good], features_from_bytes(out["features"][good]) if set_based
                    else out["score"][good])
-        skipped += [(str(i), str(r)) for i, r in zip(out["id"][~good], out["status"][~good])]
+        skipped += [(str(i), str(r)) for i, r in zip(out["id"][bad], out["status"][bad])]
         n = int(out["n_scored"].sum())
         num_scored += n
-        bar.update(n + int((~good).sum()))
+        bar.update(n + int(bad.sum()))
     bar.close()
     ids, scores = merger.result()
     if skipped:

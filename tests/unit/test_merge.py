@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from raydal.merge import StreamingTopK, top_k
+from raydal.merge import RunningTopK, StreamingTopK, top_k
 
 
 def test_top_k_orders_by_score_then_id():
@@ -50,6 +50,51 @@ def test_any_partition_and_batching_gives_the_global_top_k(seed):
     assert np.all(np.diff(got_scores) <= 0)
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_running_top_k_per_shard_still_gives_the_global_top_k(seed):
+    """Each shard passes on only what enters its own running top-k (as the scoring actors do)."""
+    rng = np.random.default_rng(100 + seed)
+    n = int(rng.integers(1, 4000))
+    k = int(rng.integers(1, 300))
+    ids = np.array([f"id{v:06d}" for v in rng.permutation(10 * n)[:n]])
+    scores = rng.integers(0, int(rng.integers(1, 80)), n).astype(np.float64)
+    scores[rng.random(n) < 0.02] = np.nan  # unscorable rows are never picked
+    keep = ~np.isnan(scores)
+    expected = _reference(ids[keep].tolist(), scores[keep].tolist(), k)
+
+    num_shards = int(rng.integers(1, 9))
+    shard_of = rng.integers(0, num_shards, n)
+    merger, passed = StreamingTopK(k), 0
+    for shard in rng.permutation(num_shards):
+        running = RunningTopK(k)
+        idx = np.flatnonzero(shard_of == shard)
+        batch = int(rng.integers(1, 300))
+        for s in range(0, len(idx), batch):
+            part = idx[s:s + batch]
+            got = running.admit(ids[part], scores[part])
+            passed += len(got[0])
+            merger.add(*got)
+    assert merger.result()[0].tolist() == expected
+    assert passed <= n
+
+
+def test_running_top_k_passes_on_few_rows_of_a_long_stream():
+    """Random order: about k * (1 + ln(n / k)) rows pass, far fewer than k a batch."""
+    rng = np.random.default_rng(0)
+    n, k, batch = 200_000, 100, 1000
+    ids = np.array([f"{i:07d}" for i in range(n)])
+    scores = rng.random(n)
+    running, passed = RunningTopK(k), 0
+    for s in range(0, n, batch):
+        passed += len(running.admit(ids[s:s + batch], scores[s:s + batch])[0])
+    assert passed < 4 * k * (1 + np.log(n / k))  # ~ 860 expected; k a batch would be 20,000
+
+
 def test_streaming_top_k_rejects_bad_k():
     with pytest.raises(ValueError, match="k must be a positive int, got 0"):
         StreamingTopK(0)
+
+
+def test_running_top_k_rejects_bad_k():
+    with pytest.raises(ValueError, match="k must be a positive int, got -1"):
+        RunningTopK(-1)

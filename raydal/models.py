@@ -1,23 +1,22 @@
 """timm model factory and safetensors checkpoints.
 
 A checkpoint is a folder ``model.safetensors`` + ``meta.json`` (the ModelSpec and anything the
-caller adds). It is written into a temporary sibling folder and renamed into place, so a folder
-with that name is always complete. Loading never unpickles anything.
+caller adds), local or at a URI (``s3://bucket/run/checkpoints/round-0001``). It is written
+whole by ``raydal.storage.atomic_write_folder`` with ``meta.json`` as the commit file: a
+checkpoint exists once its meta.json does. Loading never unpickles anything.
 """
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save_file
 
+from raydal.fs import Location, Where, resolve
+from raydal.storage import atomic_write_folder
 from raydal.transforms import InputSpec
 
 
@@ -53,46 +52,49 @@ class ModelSpec:
 
 def create_model(spec: ModelSpec, seed: int | None = None) -> torch.nn.Module:
     """A randomly initialised timm model (never downloads weights)."""
+    import timm  # here, not at the top: scoring actors of plain torch modules never need it
     if seed is not None:
         torch.manual_seed(seed)
     return timm.create_model(spec.name, pretrained=False, num_classes=spec.num_classes,
                              in_chans=spec.in_chans, **spec.kwargs)
 
 
-def save_checkpoint(model: torch.nn.Module, spec: ModelSpec, path: str | Path,
-                    meta: dict[str, Any] | None = None) -> Path:
-    """Write model weights and meta to folder ``path`` atomically (replacing nothing)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+def save_checkpoint(model: torch.nn.Module, spec: ModelSpec, path: Where,
+                    meta: dict[str, Any] | None = None) -> Location:
+    """Write model weights and meta to folder ``path`` atomically (replacing an older one)."""
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+
+    def fill(tmp: Path) -> None:
         save_file(state, tmp / "model.safetensors")
         (tmp / "meta.json").write_text(json.dumps({"spec": spec.to_dict(), **(meta or {})},
                                                   indent=2))
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+    return atomic_write_folder(path, fill, commit="meta.json")
 
 
-def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
-    return json.loads((Path(path) / "meta.json").read_text())
+def checkpoint_exists(path: Where) -> bool:
+    """A checkpoint folder is complete once its meta.json (written last) exists."""
+    return (resolve(path) / "meta.json").exists()
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
+def read_checkpoint_meta(path: Where) -> dict[str, Any]:
+    return json.loads((resolve(path) / "meta.json").read_bytes())
+
+
+def load_weights(path: Where, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The safetensors state dict of a checkpoint folder, local or at a URI."""
+    loc = resolve(path) / "model.safetensors"
+    if not loc.exists():
+        raise FileNotFoundError(f"{loc.parent} is not a raydal checkpoint (no model.safetensors)")
+    if loc.is_local:
+        return load_file(loc.path, device=str(device))
+    return {k: v.to(device) for k, v in load(loc.read_bytes()).items()}
+
+
+def load_checkpoint(path: Where, device: str | torch.device = "cpu"
                     ) -> tuple[torch.nn.Module, ModelSpec]:
     """Rebuild the model of a checkpoint folder and load its safetensors weights."""
-    path = Path(path)
-    if not (path / "model.safetensors").exists():
-        raise FileNotFoundError(f"{path} is not a raydal checkpoint (no model.safetensors)")
+    weights = load_weights(path, device)
     spec = ModelSpec.from_dict(read_checkpoint_meta(path)["spec"])
     model = create_model(spec)
-    model.load_state_dict(load_file(path / "model.safetensors", device=str(device)))
+    model.load_state_dict(weights)
     return model.to(device), spec

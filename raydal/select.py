@@ -38,7 +38,9 @@ class Selection:
     scores: np.ndarray
     num_scored: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
-    seconds: float = 0.0
+    seconds: float = 0.0          # wall time of the whole selection
+    startup_seconds: float = 0.0  # until the first scored batch reached the driver
+    startup_rows: int = 0         # rows scored (or skipped) in that first batch
 
     def to_table(self) -> pa.Table:
         return pa.table({"id": pa.array(self.ids, pa.string()),
@@ -237,6 +239,7 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
     merger = StreamingCandidates(strategy, budget, context) if set_based else StreamingTopK(budget)
     skipped: list[tuple[str, str]] = []
     num_scored = 0
+    startup: tuple[float, int] | None = None
     bar = _progress(pool.num_rows - len(labels), f"scoring ({strategy.name})", progress)
     for out in scores_ds.iter_batches(batch_size=None, batch_format="numpy"):
         good = out["status"] == ""
@@ -247,12 +250,14 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
         n = int(out["n_scored"].sum())
         num_scored += n
         bar.update(n + int(bad.sum()))
+        if startup is None:  # actors started, model loaded, first block read and scored
+            startup = (time.perf_counter() - t0, n + int(bad.sum()))
     bar.close()
     ids, scores = merger.result()
     if skipped:
         log.warning("skipped %d unreadable images (first: %s: %s)", len(skipped), *skipped[0])
     return Selection([str(i) for i in ids], scores, num_scored, skipped,
-                     time.perf_counter() - t0)
+                     time.perf_counter() - t0, *(startup or (0.0, 0)))
 
 
 def _progress(total: int, desc: str, enabled: bool):

@@ -4,15 +4,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 
 def _open_run(run_dir: str):
-    """The ActiveLoop of an existing run directory (its own config.yaml)."""
+    """The ActiveLoop of an existing run directory (its own config.yaml; local or a URI)."""
     from raydal.config import load_config
+    from raydal.fs import resolve
     from raydal.loop import ActiveLoop
 
-    path = Path(run_dir)
+    path = resolve(run_dir)
     if not (path / "config.yaml").exists():
         raise FileNotFoundError(f"{path} is not a raydal run directory (no config.yaml)")
     return ActiveLoop(load_config(path / "config.yaml"), path)
@@ -46,13 +46,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from raydal.fs import resolve
     from raydal.report import format_auc_table, round_summary, write_learning_curve
 
     runs = {}
     for d in args.run_dirs:
         loop = _open_run(d)
         runs[f"{loop.run_dir.name} ({loop.config.strategy.name})"] = loop.metrics()
-    out = Path(args.out or Path(args.run_dirs[0]) / "report" / "comparison.png")
+    out = resolve(args.out or resolve(args.run_dirs[0]) / "report" / "comparison.png")
     write_learning_curve(runs, out)
     print(format_auc_table(runs))
     if len(args.run_dirs) == 1:
@@ -112,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     import logging
     from raydal.config import ConfigError
+    from raydal.fs import FsError
     from raydal.pool import PoolError
     from raydal.storage import RunDirLocked
 
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, PoolError, RunDirLocked, FileNotFoundError) as e:
+    except (ConfigError, FsError, PoolError, RunDirLocked, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -4,12 +4,12 @@ Every error names the field, the bad value and what is expected, and arrives bef
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from raydal.fs import Where, check, resolve
 from raydal.scoring.base import suggest
 
 
@@ -19,6 +19,11 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _location(v: str | None) -> str | None:
+    """A local path or a supported pyarrow filesystem URI (checked without opening it)."""
+    return None if v is None else check(v)
 
 
 class DataConfig(_Section):
@@ -34,6 +39,8 @@ class DataConfig(_Section):
     class_names: list[str] | None = Field(None, description="names accepted in label files")
     pool_subsample: int | None = Field(None, ge=1, description="use a seeded subset of the pool")
     test_subsample: int | None = Field(None, ge=1, description="evaluate on a seeded subset")
+
+    _locations = field_validator("prepared_dir", "pool", "truth", "test")(_location)
 
     @model_validator(mode="after")
     def _paths_or_dataset(self):
@@ -127,7 +134,7 @@ class RayConfig(_Section):
 class RunConfig(_Section):
     name: str = "run"
     seed: int = 0
-    run_dir: str = "runs/run"
+    run_dir: str = Field("runs/run", description="a local path or a pyarrow filesystem URI")
     progress: bool = True
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -136,6 +143,8 @@ class RunConfig(_Section):
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+
+    _run_dir = field_validator("run_dir")(_location)
 
     @model_validator(mode="after")
     def _oracle_has_truth(self):
@@ -184,8 +193,9 @@ def parse_config(data: dict[str, Any] | None) -> RunConfig:
         raise ConfigError(_explain(e, RunConfig)) from None
 
 
-def load_config(path: str | Path) -> RunConfig:
-    path = Path(path)
+def load_config(path: Where) -> RunConfig:
+    """A config file, local or at a URI."""
+    path = resolve(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
     try:

@@ -17,10 +17,11 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
+from raydal.fs import Location, Where, resolve
 from raydal.storage import atomic_write_json, atomic_write_parquet, read_json
 from raydal.transforms import encode_png
 
-_IMPORTERS: dict[str, Callable[[Path, Path], dict]] = {}
+_IMPORTERS: dict[str, Callable[[Path, Location], dict]] = {}
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                          "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -77,7 +78,7 @@ def images_table(images: np.ndarray, ids: list[str], labels: np.ndarray | None =
     return pa.table(cols)
 
 
-def _import_idx(source: Path, out: Path, name: str, classes: list[str]) -> dict:
+def _import_idx(source: Path, out: Location, name: str, classes: list[str]) -> dict:
     train_x = read_idx(_find(source, "train-images-idx3-ubyte"))
     train_y = read_idx(_find(source, "train-labels-idx1-ubyte"))
     test_x = read_idx(_find(source, "t10k-images-idx3-ubyte"))
@@ -96,26 +97,26 @@ def _import_idx(source: Path, out: Path, name: str, classes: list[str]) -> dict:
 
 
 @register_dataset("fashion-mnist", default_source=FASHION_MNIST_DIR)
-def import_fashion_mnist(source: Path, out: Path) -> dict:
+def import_fashion_mnist(source: Path, out: Location) -> dict:
     return _import_idx(source, out, "fashion-mnist", FASHION_MNIST_CLASSES)
 
 
 @register_dataset("mnist", default_source=Path("/usr/share/datasets/mnist"))
-def import_mnist(source: Path, out: Path) -> dict:
+def import_mnist(source: Path, out: Location) -> dict:
     return _import_idx(source, out, "mnist", [str(d) for d in range(10)])
 
 
-def prepare_dataset(name: str, out: str | Path, source: str | Path | None = None) -> dict:
-    """Import data set ``name`` into ``out`` once; later calls return the recorded meta."""
+def prepare_dataset(name: str, out: Where, source: str | Path | None = None) -> dict:
+    """Import data set ``name`` into ``out`` (local or a URI) once; later calls return the
+    recorded meta."""
     if name not in _IMPORTERS:
         from raydal.scoring.base import suggest
         raise ValueError(f"unknown data set {name!r}; expected one of {list_datasets()}."
                          + suggest(name, list_datasets()))
-    out = Path(out)
+    out = resolve(out)
     meta = read_json(out / "meta.json")
     if meta is not None and meta.get("name") == name:
         return meta
     importer = _IMPORTERS[name]
     src = Path(source) if source is not None else importer.default_source
-    out.mkdir(parents=True, exist_ok=True)
     return importer(src, out)

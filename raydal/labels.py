@@ -6,14 +6,14 @@ repeated run can never duplicate or lose a label.
 """
 from __future__ import annotations
 
+import posixpath
 import re
-from pathlib import Path
 from typing import Mapping
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from raydal.storage import atomic_write_parquet
+from raydal.fs import Location, Where, resolve
+from raydal.storage import atomic_write_parquet, read_table
 
 _ROUND_FILE = re.compile(r"round-(\d{4,})\.parquet$")
 
@@ -23,24 +23,24 @@ class LabelError(ValueError):
 
 
 class LabelLog:
-    def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
+    """folder: a local path or a URI (``s3://bucket/runs/x/labels``)."""
 
-    def round_path(self, round_: int) -> Path:
+    def __init__(self, folder: Where):
+        self.folder = resolve(folder)
+
+    def round_path(self, round_: int) -> Location:
         return self.folder / f"round-{round_:04d}.parquet"
 
     def rounds(self) -> list[int]:
-        if not self.folder.exists():
-            return []
-        return sorted(int(m.group(1)) for p in self.folder.iterdir()
-                      if (m := _ROUND_FILE.search(p.name)))
+        return sorted(int(m.group(1)) for f in self.folder.files()
+                      if (m := _ROUND_FILE.search(posixpath.basename(f.path))))
 
     def has_round(self, round_: int) -> bool:
         return self.round_path(round_).exists()
 
     def table(self) -> pa.Table:
         """All labels so far: id, label, round, source."""
-        tables = [pq.read_table(self.round_path(r)) for r in self.rounds()]
+        tables = [read_table(self.round_path(r)) for r in self.rounds()]
         if not tables:
             return pa.table({"id": pa.array([], pa.string()), "label": pa.array([], pa.int64()),
                              "round": pa.array([], pa.int64()), "source": pa.array([], pa.string())})
@@ -51,7 +51,7 @@ class LabelLog:
         return dict(zip(t.column("id").to_pylist(), t.column("label").to_pylist()))
 
     def append(self, round_: int, labels: Mapping[str, int], source: str,
-               num_classes: int | None = None) -> Path:
+               num_classes: int | None = None) -> Location:
         """Write round ``round_``'s labels in one atomic file; refuse duplicates."""
         if self.has_round(round_):
             raise LabelError(f"labels for round {round_} already exist at "

@@ -7,31 +7,33 @@ directory continues where the last run stopped, with no label lost or bought twi
 
   selections/round-r.parquet   written before labeling; reused, never re-selected
   labels/round-r.parquet       written once (LabelLog refuses a second write)
-  checkpoints/round-r/         complete or absent (folder renamed into place)
+  checkpoints/round-r/         complete or absent (its meta.json is written last)
   metrics.jsonl                rebuilt from the checkpoints' and selections' records
+
+The run directory, the pool and the data files are local paths or pyarrow filesystem URIs
+(``s3://bucket/runs/x``); see ``raydal.fs``.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import yaml
 
 from raydal.config import ConfigError, RunConfig
 from raydal.datasets import prepare_dataset
+from raydal.fs import Location, Where, resolve
 from raydal.labels import LabelLog
-from raydal.models import ModelSpec, read_checkpoint_meta
+from raydal.models import ModelSpec, checkpoint_exists, read_checkpoint_meta
 from raydal.oracle import (SimulatedOracle, export_for_labeling, parse_label_file, read_picks,
                            to_label_paths, validate_against_picks)
 from raydal.pool import Pool
 from raydal.scoring.base import create_strategy
 from raydal.storage import (atomic_write_bytes, atomic_write_json, atomic_write_parquet,
-                            fault_point, read_json, run_dir_lock)
+                            fault_point, read_json, read_table, run_dir_lock)
 from raydal.train import TrainSettings
 
 #: Config sections that must not change when a run is resumed (they define what was bought).
@@ -51,7 +53,7 @@ class RunData:
 class AwaitingLabels(Exception):
     """The loop stops: round ``round`` was exported for people to label."""
 
-    def __init__(self, round_: int, csv_path: Path):
+    def __init__(self, round_: int, csv_path: Location):
         super().__init__(f"round {round_}: picks exported to {csv_path}")
         self.round, self.csv_path = round_, csv_path
 
@@ -76,16 +78,16 @@ def ensure_ray(cfg: RunConfig) -> None:
 class ActiveLoop:
     """``ActiveLoop(config).run()`` runs (or resumes) the loop in ``config.run_dir``."""
 
-    def __init__(self, config: RunConfig, run_dir: str | Path | None = None):
+    def __init__(self, config: RunConfig, run_dir: Where | None = None):
         self.config = config
-        self.run_dir = Path(run_dir or config.run_dir).resolve()  # workers run elsewhere
+        self.run_dir = resolve(run_dir or config.run_dir)  # absolute: workers run elsewhere
         self.labels = LabelLog(self.run_dir / "labels")
 
     # ---- paths -------------------------------------------------------------------------------
-    def selection_path(self, r: int) -> Path:
+    def selection_path(self, r: int) -> Location:
         return self.run_dir / "selections" / f"round-{r:04d}.parquet"
 
-    def checkpoint_path(self, r: int) -> Path:
+    def checkpoint_path(self, r: int) -> Location:
         return self.run_dir / "checkpoints" / f"round-{r:04d}"
 
     # ---- the loop ----------------------------------------------------------------------------
@@ -135,12 +137,12 @@ class ActiveLoop:
         d, seed = self.config.data, self.config.seed
         if d.dataset is not None:
             meta = prepare_dataset(d.dataset, d.prepared_dir, d.source)
-            root = Path(d.prepared_dir).resolve()
+            root = resolve(d.prepared_dir)
             pool, truth, test = root / "pool.parquet", root / "truth.parquet", root / "test.parquet"
             num_classes = meta["num_classes"]
         else:
-            pool, test = Path(d.pool).resolve(), Path(d.test).resolve()
-            truth = Path(d.truth).resolve() if d.truth else None
+            pool, test = resolve(d.pool), resolve(d.test)
+            truth = resolve(d.truth) if d.truth else None
             num_classes = d.num_classes
         classes = meta.get("classes") if d.dataset is not None else d.class_names
         pool_ = Pool(pool)
@@ -154,8 +156,7 @@ class ActiveLoop:
 
     def _check_pool_once(self, pool: Pool) -> None:
         """Null or duplicate ids make labels ambiguous: refuse such a pool (checked once)."""
-        key = {"pool": pool.path, "files": [[str(f), f.stat().st_size, f.stat().st_mtime_ns]
-                                            for f in pool.files]}
+        key = {"pool": pool.path, "files": [[f.path, f.size, f.mtime_ns] for f in pool.files]}
         record = self.run_dir / "data" / "pool_check.json"
         if read_json(record) != key:
             pool.check_ids()
@@ -171,7 +172,7 @@ class ActiveLoop:
             "round": r, "phase": phase, "num_labeled": len(self.labels.labels()),
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
-    def _select_and_label(self, r: int, data: RunData, model: Path | None) -> None:
+    def _select_and_label(self, r: int, data: RunData, model: Location | None) -> None:
         from raydal.select import select
         if self.labels.has_round(r):
             return
@@ -203,8 +204,7 @@ class ActiveLoop:
         if cfg.loop.oracle == "file":
             csv_path = to_label_paths(self.run_dir, r)["csv"]
             if not csv_path.exists():
-                import pyarrow.parquet as pq
-                export_for_labeling(self.run_dir, r, pq.read_table(sel_path), data.pool,
+                export_for_labeling(self.run_dir, r, read_table(sel_path), data.pool,
                                     data.classes)
             raise AwaitingLabels(r, csv_path)
         ids = read_picks(sel_path)
@@ -219,13 +219,13 @@ class ActiveLoop:
     def _train(self, r: int, data: RunData) -> None:
         from raydal.train import train_round
         ckpt = self.checkpoint_path(r)
-        if ckpt.exists():
+        if checkpoint_exists(ckpt):
             return
         self._set_state(r, "train")
         cfg, t = self.config, self.config.training
         labels = self.labels.labels()
         warm = self.checkpoint_path(r - 1) if cfg.loop.warm_start and r > 0 else None
-        shutil.rmtree(self.run_dir / "ray_train", ignore_errors=True)  # a killed run's leftovers
+        (self.run_dir / "ray_train").delete()  # a killed run's leftovers
         settings = TrainSettings(t.epochs, t.batch_size, t.lr, t.weight_decay, t.num_workers,
                                  t.cpus_per_worker, t.use_gpu, seed=cfg.seed + r,
                                  checkpoint_every=t.checkpoint_every, max_failures=t.max_failures)
@@ -236,7 +236,7 @@ class ActiveLoop:
         print(f"round {r}: {len(labels)} labels, test accuracy {m['test_accuracy']:.4f} "
               f"(train {m['seconds']:.1f}s)", flush=True)
 
-    def import_labels(self, path: str | Path) -> tuple[int, int]:
+    def import_labels(self, path: Where) -> tuple[int, int]:
         """Validate a label file against the pending round's picks and append it atomically.
 
         Returns (round, number of labels). Raises LabelError naming the problem.
@@ -251,7 +251,7 @@ class ActiveLoop:
             data = self._prepare_data()
             labels = parse_label_file(path, data.classes, data.num_classes)
             validate_against_picks(labels, read_picks(self.selection_path(r)), r)
-            self.labels.append(r, labels, source=f"file:{Path(path).name}",
+            self.labels.append(r, labels, source=f"file:{resolve(path).name}",
                                num_classes=data.num_classes)
             self._set_state(r, "labeled")
             return r, len(labels)
@@ -261,7 +261,7 @@ class ActiveLoop:
         """One row a trained round: round, num_labeled, test_accuracy, seconds per phase."""
         rows = []
         r = 0
-        while self.checkpoint_path(r).exists():
+        while checkpoint_exists(self.checkpoint_path(r)):
             meta = read_checkpoint_meta(self.checkpoint_path(r))
             sel = read_json(self.selection_path(r).with_suffix(".json"), {})
             m = meta.get("metrics", {})

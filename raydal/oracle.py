@@ -12,29 +12,30 @@ import csv
 import io
 import json
 import re
-from pathlib import Path
 from typing import Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 
+from raydal.fs import Location, Where, resolve
 from raydal.labels import LabelError
 from raydal.pool import Pool
-from raydal.storage import atomic_write_bytes, atomic_write_json
+from raydal.storage import atomic_write_bytes, atomic_write_json, read_table
 
 
 class SimulatedOracle:
-    """Ground truth from a Parquet file of (id, label)."""
+    """Ground truth from a Parquet file of (id, label), local or at a URI."""
 
     name = "simulated"
 
-    def __init__(self, truth_path: str | Path):
+    def __init__(self, truth_path: Where):
         self.truth_path = str(truth_path)
+        self.location = resolve(truth_path)
 
     def label(self, ids: Sequence[str]) -> dict[str, int]:
-        t = pads.dataset(self.truth_path, format="parquet").to_table(
+        t = pads.dataset(self.location.path, filesystem=self.location.fs,
+                         format="parquet").to_table(
             columns=["id", "label"], filter=pc.field("id").cast(pa.string()).isin(
                 pa.array(list(ids), pa.string())))
         found = dict(zip(map(str, t.column("id").to_pylist()), t.column("label").to_pylist()))
@@ -46,7 +47,7 @@ class SimulatedOracle:
 
 
 # ---- the file oracle: export picks, import answers --------------------------------------------
-def to_label_paths(run_dir: Path, r: int) -> dict[str, Path]:
+def to_label_paths(run_dir: Location, r: int) -> dict[str, Location]:
     base = run_dir / "to_label"
     return {"csv": base / f"round-{r:04d}.csv",
             "labelstudio": base / f"round-{r:04d}.labelstudio.json",
@@ -57,8 +58,8 @@ def _safe_name(rank: int, id_: str) -> str:
     return f"{rank:05d}-{re.sub(r'[^A-Za-z0-9._-]+', '_', id_)[:80]}.png"
 
 
-def export_for_labeling(run_dir: Path, r: int, selection: pa.Table, pool: Pool,
-                        classes: list[str] | None) -> Path:
+def export_for_labeling(run_dir: Location, r: int, selection: pa.Table, pool: Pool,
+                        classes: list[str] | None) -> Location:
     """Write the round's picks for people; returns the CSV path (written last)."""
     paths = to_label_paths(run_dir, r)
     rows = pool.take(selection.column("id").to_pylist())
@@ -72,7 +73,7 @@ def export_for_labeling(run_dir: Path, r: int, selection: pa.Table, pool: Pool,
         else:  # bytes in the pool: write them out so a person can see them
             target = paths["images"] / _safe_name(ranks[id_], id_)
             atomic_write_bytes(target, where[id_])
-            image_of[id_] = str(target.resolve())
+            image_of[id_] = str(target)
     order = sorted(ranks, key=ranks.get)
     atomic_write_json(paths["labelstudio"], [
         {"data": {"id": i, "image": image_of[i], "score": scores[i], "rank": ranks[i],
@@ -104,16 +105,17 @@ def _class_index(value, classes: list[str] | None, num_classes: int, where: str)
     return value
 
 
-def parse_label_file(path: str | Path, classes: list[str] | None, num_classes: int
+def parse_label_file(path: Where, classes: list[str] | None, num_classes: int
                      ) -> dict[str, int]:
-    """(id -> class index) from a CSV with ``id`` and ``label`` columns or a Label Studio export."""
-    path = Path(path)
+    """(id -> class index) from a CSV with ``id`` and ``label`` columns or a Label Studio export
+    (a local file or a URI)."""
+    path = resolve(path)
     if not path.exists():
         raise LabelError(f"label file {path} does not exist")
     pairs: list[tuple[str, object, str]] = []  # (id, raw label, where)
     if path.suffix.lower() == ".json":
         try:
-            tasks = json.loads(path.read_text())
+            tasks = json.loads(path.read_bytes())
         except json.JSONDecodeError as e:
             raise LabelError(f"{path} is not valid JSON: {e}") from None
         if not isinstance(tasks, list):
@@ -130,13 +132,16 @@ def parse_label_file(path: str | Path, classes: list[str] | None, num_classes: i
                 raise LabelError(f"{where} (id {id_!r}): no annotation with a choice")
             pairs.append((str(id_), choices[-1], where))
     else:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or not {"id", "label"} <= set(reader.fieldnames):
-                raise LabelError(f"{path}: a CSV needs 'id' and 'label' columns, found "
-                                 f"{reader.fieldnames}")
-            for line, row in enumerate(reader, start=2):
-                pairs.append((row["id"], row["label"], f"{path.name} line {line}"))
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError as e:
+            raise LabelError(f"{path} is not UTF-8 text: {e}") from None
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        if not reader.fieldnames or not {"id", "label"} <= set(reader.fieldnames):
+            raise LabelError(f"{path}: a CSV needs 'id' and 'label' columns, found "
+                             f"{reader.fieldnames}")
+        for line, row in enumerate(reader, start=2):
+            pairs.append((row["id"], row["label"], f"{path.name} line {line}"))
     labels: dict[str, int] = {}
     for id_, raw, where in pairs:
         if raw is None or (isinstance(raw, str) and not raw.strip()):
@@ -158,5 +163,5 @@ def validate_against_picks(labels: dict[str, int], picks: list[str], r: int) -> 
                          f"(e.g. {missing[0]!r}); a round is imported whole")
 
 
-def read_picks(selection_path: Path) -> list[str]:
-    return [str(i) for i in pq.read_table(selection_path, columns=["id"]).column("id").to_pylist()]
+def read_picks(selection_path: Where) -> list[str]:
+    return [str(i) for i in read_table(selection_path, columns=["id"]).column("id").to_pylist()]

@@ -1,11 +1,14 @@
 """Pool: an unlabeled image pool stored as Parquet with stable, unique string ids.
 
-Rows hold an ``id`` and either encoded image bytes (``image``) or a file path (``path``).
-A Pool is only a reference to files: it streams (``to_dataset`` for Ray Data, ``iter_batches``
-locally) and is never loaded whole into one process.
+Rows hold an ``id`` and either encoded image bytes (``image``) or a file path (``path``, a local
+path or a URI such as ``s3://bucket/img/0001.png``). The pool itself is a local path or any
+pyarrow filesystem URI (``raydal.fs``). A Pool is only a reference to files: it streams
+(``to_dataset`` for Ray Data, ``iter_batches`` locally) and is never loaded whole into one
+process; images are decoded where they are used, never here.
 """
 from __future__ import annotations
 
+import posixpath
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -14,9 +17,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raydal.datasets import images_table
+from raydal.fs import Where, resolve
 from raydal.storage import atomic_write, atomic_write_parquet
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
@@ -29,13 +34,16 @@ class PoolError(ValueError):
 class Pool:
     """Reference to a Parquet pool (one file or a folder of files).
 
-    path: Parquet file or folder. The pool needs a string-convertible ``id`` column and one of
-    ``image`` (binary) or ``path`` (string) columns.
+    path: Parquet file or folder, a local path or a pyarrow filesystem URI (``s3://bucket/pool/``,
+    ``gs://...``, ``file:///...``; options in the query, e.g. ``?endpoint_override=host:9000``).
+    The pool needs a string-convertible ``id`` column and one of ``image`` (binary) or ``path``
+    (string) columns. A Pool pickles with its filesystem: Ray tasks read the same store.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: Where):
         self.path = str(path)
-        if not Path(self.path).exists():
+        self.location = resolve(path)
+        if not self.location.exists():
             raise PoolError(f"pool {self.path} does not exist")
         names = self._dataset().schema.names
         if "id" not in names:
@@ -53,31 +61,33 @@ class Pool:
         return f"Pool({self.path!r}, rows={self.num_rows})"
 
     def _dataset(self) -> pads.Dataset:
-        return pads.dataset(self.path, format="parquet")
+        return pads.dataset(self.location.path, filesystem=self.location.fs, format="parquet")
 
     @property
     def num_rows(self) -> int:
         return self._dataset().count_rows()
 
     @property
-    def files(self) -> list[Path]:
-        """The Parquet files of the pool, sorted."""
-        path = Path(self.path)
-        return sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
+    def files(self) -> list[pafs.FileInfo]:
+        """The Parquet files of the pool (path, size, mtime_ns), sorted by path."""
+        if not self.location.is_dir():
+            return [self.location.info()]
+        return [f for f in self.location.files(recursive=True) if f.path.endswith(".parquet")]
 
     @property
     def num_bytes(self) -> int:
-        """Size of the Parquet files on disk."""
-        return sum(f.stat().st_size for f in self.files)
+        """Size of the Parquet files in storage."""
+        return sum(f.size for f in self.files)
 
     @property
     def columns(self) -> list[str]:
         return ["id", self.image_column]
 
-    def to_dataset(self, **read_args):
-        """A streaming ``ray.data.Dataset`` of (id, image|path)."""
+    def to_dataset(self, columns: Sequence[str] | None = None, **read_args):
+        """A streaming ``ray.data.Dataset`` of (id, image|path) or of ``columns``."""
         import ray.data
-        return ray.data.read_parquet(self.path, columns=self.columns, **read_args)
+        return ray.data.read_parquet(self.location.path, filesystem=self.location.fs,
+                                     columns=list(columns or self.columns), **read_args)
 
     def iter_batches(self, columns: Sequence[str] | None = None,
                      batch_size: int = 4096) -> Iterator[pa.RecordBatch]:
@@ -112,9 +122,9 @@ class Pool:
             n += len(col)
         return n
 
-    def subsample(self, n: int, seed: int, path: str | Path) -> "Pool":
+    def subsample(self, n: int, seed: int, path: Where) -> "Pool":
         """Seeded subset of ``n`` rows written to ``path`` (kept if it already exists)."""
-        if Path(path).exists():
+        if resolve(path).exists():
             return Pool(path)
         ids = [i for chunk in self.iter_ids() for i in chunk]
         if n > len(ids):
@@ -127,12 +137,12 @@ class Pool:
 
     # ---- builders ----------------------------------------------------------------------------
     @classmethod
-    def from_parquet(cls, path: str | Path) -> "Pool":
+    def from_parquet(cls, path: Where) -> "Pool":
         return cls(path)
 
     @classmethod
     def from_numpy(cls, images: np.ndarray, ids: Sequence[str] | None = None,
-                   path: str | Path | None = None) -> "Pool":
+                   path: Where | None = None) -> "Pool":
         """images: (N, H, W) or (N, H, W, C) uint8; ids default to '000000'.. in order."""
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.ndim not in (3, 4):
@@ -145,37 +155,37 @@ class Pool:
             raise PoolError(f"{len(ids)} ids for {len(images)} images")
         if len(set(ids)) != len(ids):
             raise PoolError("ids must be unique")
-        path = Path(path) if path else Path(tempfile.mkdtemp(prefix="raydal-pool-")) / "pool.parquet"
+        path = path or Path(tempfile.mkdtemp(prefix="raydal-pool-")) / "pool.parquet"
 
         def write(tmp: Path) -> None:
             with pq.ParquetWriter(tmp, images_table(images[:1], ids[:1]).schema) as w:
                 for s in range(0, len(images), 1024):
                     w.write_table(images_table(images[s:s + 1024], ids[s:s + 1024]))
-        atomic_write(path, write)
-        return cls(path)
+        return cls(atomic_write(path, write))
 
     @classmethod
-    def from_image_folder(cls, folder: str | Path, path: str | Path | None = None,
+    def from_image_folder(cls, folder: Where, path: Where | None = None,
                           store_bytes: bool = False) -> "Pool":
         """A pool of every image file under ``folder`` (recursively; ImageNet or flat layout).
 
-        ids are paths relative to ``folder``; rows hold absolute paths (or the bytes if
-        ``store_bytes``). Returns the pool; class names of an ImageNet layout are available
-        from ``labels_from_folder_names``.
+        folder and path: local paths or URIs. ids are paths relative to ``folder``; rows hold
+        absolute paths or URIs (or the bytes if ``store_bytes``: read here, one file at a
+        time). Returns the pool; class names of an ImageNet layout are available from
+        ``labels_from_folder_names``.
         """
-        folder = Path(folder).resolve()
-        files = sorted(p for p in folder.rglob("*")
-                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        folder = resolve(folder)
+        files = [f for f in folder.files(recursive=True)
+                 if posixpath.splitext(f.path)[1].lower() in IMAGE_SUFFIXES]
         if not files:
             raise PoolError(f"no image files ({sorted(IMAGE_SUFFIXES)}) under {folder}")
-        path = Path(path) if path else Path(tempfile.mkdtemp(prefix="raydal-pool-")) / "pool.parquet"
-        ids = pa.array([p.relative_to(folder).as_posix() for p in files], pa.string())
+        path = path or Path(tempfile.mkdtemp(prefix="raydal-pool-")) / "pool.parquet"
+        rel = [posixpath.relpath(f.path, folder.path) for f in files]
         if store_bytes:
-            col = ("image", pa.array([p.read_bytes() for p in files], pa.binary()))
+            col = ("image", pa.array([(folder / r).read_bytes() for r in rel], pa.binary()))
         else:
-            col = ("path", pa.array([str(p) for p in files], pa.string()))
-        atomic_write_parquet(path, pa.table({"id": ids, col[0]: col[1]}))
-        return cls(path)
+            col = ("path", pa.array([str(folder / r) for r in rel], pa.string()))
+        return cls(atomic_write_parquet(path, pa.table({"id": pa.array(rel, pa.string()),
+                                                        col[0]: col[1]})))
 
 
 def labels_from_folder_names(pool: Pool) -> tuple[pa.Table, list[str]]:

@@ -1,9 +1,8 @@
 """Round tables and learning curves (PNG) from run records."""
 from __future__ import annotations
 
-from pathlib import Path
-
-from raydal.storage import atomic_write
+from raydal.fs import Location, Where, resolve
+from raydal.storage import atomic_write, read_json, read_table
 
 
 def format_table(rows: list[dict]) -> str:
@@ -18,7 +17,7 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_learning_curve(runs: dict[str, list[dict]], path: str | Path) -> Path:
+def write_learning_curve(runs: dict[str, list[dict]], path: Where) -> Location:
     """Test accuracy vs number of labels, one line a run."""
     import matplotlib
     matplotlib.use("Agg")
@@ -57,24 +56,22 @@ def format_auc_table(runs: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def round_summary(run_dir: str | Path) -> str:
+def round_summary(run_dir: Where) -> str:
     """Per selection round: picks per class (from the labels bought) and score quantiles."""
     import numpy as np
-    import pyarrow.parquet as pq
     from raydal.labels import LabelLog
 
-    run_dir = Path(run_dir)
+    run_dir = resolve(run_dir)
     log = LabelLog(run_dir / "labels")
-    from raydal.storage import read_json
     lines = ["| round | picks | labels per class | score min / median / max | skipped images |",
              "|---:|---:|---|---|---:|"]
     all_labels = log.table().column("label").to_numpy()
     num_classes = int(all_labels.max()) + 1 if len(all_labels) else 0
     for r in log.rounds():
-        labels = pq.read_table(log.round_path(r)).column("label").to_numpy()
+        labels = read_table(log.round_path(r)).column("label").to_numpy()
         counts = np.bincount(labels, minlength=num_classes)
         sel = run_dir / "selections" / f"round-{r:04d}.parquet"
-        scores = pq.read_table(sel).column("score").to_numpy() if sel.exists() else np.array([])
+        scores = read_table(sel).column("score").to_numpy() if sel.exists() else np.array([])
         q = (" / ".join(f"{v:.4g}" for v in np.quantile(scores, [0, 0.5, 1]))
              if len(scores) else "-")
         skipped = len(read_json(sel.with_suffix(".json"), {}).get("skipped", []))

@@ -3,13 +3,12 @@
 The labeled rows are decoded once a round by Ray Data tasks (the same transform as scoring) and
 materialised in the object store; a ``TorchTrainer`` then trains the timm model on them (warm
 start from the previous round's checkpoint, or a fresh init), evaluates on the test set and
-reports a safetensors checkpoint, which is copied into the run directory.
+reports a safetensors checkpoint, which is copied into the run directory. Ray Train's own
+storage (``storage_path``) is a folder of the run directory, local or on an object store.
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -20,7 +19,9 @@ import numpy as np
 import ray
 import torch
 
-from raydal.models import ModelSpec, create_model, load_checkpoint, save_checkpoint
+from raydal.fs import Where, resolve
+from raydal.models import (ModelSpec, create_model, load_checkpoint, load_weights,
+                           read_checkpoint_meta, save_checkpoint)
 from raydal.pool import Pool
 from raydal.storage import fault_point
 from raydal.transforms import InputSpec, decode_rows, to_model_input
@@ -62,14 +63,13 @@ def decode_labeled(batch: dict[str, np.ndarray], labels_ref: list, spec: InputSp
     return {"x": arr, "label": y}
 
 
-def decoded_dataset(path: str, spec: InputSpec, labels: Mapping[str, int] | None = None):
+def decoded_dataset(pool: Pool, spec: InputSpec, labels: Mapping[str, int] | None = None):
     """Decoded (x uint8 (C,S,S), label) rows of a Parquet set, materialised.
 
     With ``labels``, only rows whose id is labeled are kept (a pool); without, the file's own
     ``label`` column is used (a test set).
     """
-    pool = Pool(path)
-    ds = ray.data.read_parquet(path, columns=pool.columns + ([] if labels else ["label"]))
+    ds = pool.to_dataset(columns=pool.columns + ([] if labels else ["label"]))
     ref = [ray.put(dict(labels)) if labels is not None else None]
     return ds.map_batches(decode_labeled, fn_kwargs={"labels_ref": ref, "spec": spec},
                           batch_size=512).materialize()
@@ -79,7 +79,6 @@ def _train_func(config: dict) -> None:
     """Runs on each Ray Train worker."""
     import ray.train
     import ray.train.torch
-    from safetensors.torch import load_file
 
     spec = ModelSpec.from_dict(config["spec"])
     s = TrainSettings(**config["settings"])
@@ -89,10 +88,10 @@ def _train_func(config: dict) -> None:
     restored = ray.train.get_checkpoint()
     if restored is not None:  # restarted after a worker failure: continue from the last report
         with restored.as_directory() as d:
-            model.load_state_dict(load_file(Path(d) / "model.safetensors"))
-            start_epoch = json.loads((Path(d) / "meta.json").read_text())["epoch"]
+            model.load_state_dict(load_weights(d))
+            start_epoch = read_checkpoint_meta(d)["epoch"]
     elif config["init_checkpoint"]:
-        model.load_state_dict(load_file(Path(config["init_checkpoint"]) / "model.safetensors"))
+        model.load_state_dict(load_weights(config["init_checkpoint"]))
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
     opt = torch.optim.Adam(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
@@ -212,32 +211,34 @@ def _evaluate(model, shard, spec: ModelSpec, device) -> tuple[int, int]:
     return correct, total
 
 
-def train_round(spec: ModelSpec, pool: Pool, labels: Mapping[str, int], test_path: str,
-                settings: TrainSettings, out_checkpoint: str | Path,
-                init_checkpoint: str | Path | None, storage_path: str | Path,
+def train_round(spec: ModelSpec, pool: Pool, labels: Mapping[str, int], test_path: Where,
+                settings: TrainSettings, out_checkpoint: Where,
+                init_checkpoint: Where | None, storage_path: Where,
                 progress: bool = True, fault_name: str = "train") -> dict:
     """Train on the labeled rows of ``pool``; write the checkpoint folder; return metrics.
 
-    Metrics: test_accuracy, test_count, train_loss, seconds (wall time of the whole call).
+    Paths are local or URIs. Metrics: test_accuracy, test_count, train_loss, seconds (wall time
+    of the whole call).
     """
     from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     t0 = time.perf_counter()
-    train_ds = decoded_dataset(pool.path, spec.input_spec, labels)
-    test_ds = decoded_dataset(test_path, spec.input_spec)
-    storage = Path(storage_path).resolve()
+    train_ds = decoded_dataset(pool, spec.input_spec, labels)
+    test_ds = decoded_dataset(Pool(test_path), spec.input_spec)
+    storage = resolve(storage_path)
     tracker = EpochTracker.remote()
-    name = f"{Path(out_checkpoint).name}-{time.time_ns()}"
+    name = f"{resolve(out_checkpoint).name}-{time.time_ns()}"
     trainer = TorchTrainer(
         _train_func,
         train_loop_config={"spec": spec.to_dict(), "settings": asdict(settings),
-                           "init_checkpoint": str(init_checkpoint) if init_checkpoint else None,
+                           "init_checkpoint": resolve(init_checkpoint) if init_checkpoint else None,
                            "tracker": [tracker],
                            "fault_marker": os.environ.get("RAYDAL_FAULT_TRAIN_MARKER")},
         scaling_config=ScalingConfig(num_workers=settings.num_workers, use_gpu=settings.use_gpu,
                                      resources_per_worker={"CPU": settings.cpus_per_worker}),
-        run_config=RunConfig(storage_path=str(storage), name=name,
+        run_config=RunConfig(storage_path=storage.path, name=name,
+                             storage_filesystem=None if storage.is_local else storage.fs,
                              failure_config=FailureConfig(max_failures=settings.max_failures)),
         datasets={"train": train_ds, "test": test_ds},
         dataset_config=DataConfig(datasets_to_split=["train"]),
@@ -252,5 +253,5 @@ def train_round(spec: ModelSpec, pool: Pool, labels: Mapping[str, int], test_pat
         save_checkpoint(model, spec, out_checkpoint, {
             "metrics": result.metrics, "num_labeled": len(labels),
             "train_seconds": metrics["seconds"]})
-    shutil.rmtree(storage / name, ignore_errors=True)
+    (storage / name).delete()
     return metrics

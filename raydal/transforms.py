@@ -1,6 +1,7 @@
 """The one input transform, shared by training, evaluation and scoring.
 
-Images arrive as encoded bytes (PNG/JPEG/...) or file paths; ``load_image`` decodes one into a
+Images arrive as encoded bytes (PNG/JPEG/...) or as local paths or URIs (``s3://...``, read
+through pyarrow.fs, one filesystem a process); ``load_image`` decodes one into a
 (C, S, S) uint8 array in the model's channel count and size, and ``to_model_input`` turns a uint8
 batch into the normalised float tensor the model sees. Decoding happens where the data is used
 (scoring actors, training workers), never on the driver.
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
+
+from raydal.fs import read_bytes
 
 #: Refuse images larger than this many pixels before decoding (decompression bombs).
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -40,13 +43,16 @@ _ACCEPTED_MODES = {"1", "L", "P", "RGB", "RGBA", "LA", "I;16", "I", "F", "CMYK",
 
 
 def load_image(data: bytes | None, path: str | None, spec: InputSpec) -> np.ndarray:
-    """Decode bytes (or read ``path``) into a (C, S, S) uint8 array; BadImage on failure."""
+    """Decode bytes (or read ``path``: local or a URI) into a (C, S, S) uint8 array; BadImage on
+    failure (a missing or unreadable file included)."""
     try:
         if data is None:
             if path is None:
                 raise BadImage("row has neither image bytes nor a path")
-            with open(path, "rb") as f:
-                data = f.read()
+            try:
+                data = read_bytes(path)
+            except Exception as e:  # missing, unreadable, or a store that refuses
+                raise BadImage(f"cannot read {path}: {type(e).__name__}: {e}") from None
         if len(data) == 0:
             raise BadImage("zero-byte image")
         with warnings.catch_warnings():

@@ -232,7 +232,9 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
                                    num_gpus=num_gpus_per_actor,
                                    num_threads=int(max(1, num_cpus_per_actor))),
         batch_size=batch_size, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=num_actors),
+        # two blocks an actor (one scoring, one fetched): Ray Data's default queues four, which
+        # at the end of a pool leaves one actor with a backlog while the others idle
+        compute=ray.data.ActorPoolStrategy(size=num_actors, max_tasks_in_flight_per_actor=2),
         num_gpus=num_gpus_per_actor, num_cpus=num_cpus_per_actor)
 
     set_based = isinstance(strategy, SetStrategy)

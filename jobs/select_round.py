@@ -21,17 +21,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def read_labeled(path: str | None) -> dict[str, int] | list[str]:
-    """The labeled set: {id: label} from a run dir, its labels/ folder or a Parquet file.
+    """The labeled set: {id: label} from a run dir, its labels/ folder or a Parquet file (local
+    paths or URIs such as s3://bucket/runs/x).
 
     A Parquet file without a ``label`` column gives ids only (enough for strategies that need
     no labels, e.g. entropy). None gives an empty set.
     """
     import pyarrow.parquet as pq
+    from raydal.fs import resolve
     from raydal.labels import LabelLog
+    from raydal.storage import read_table
 
     if path is None:
         return {}
-    p = Path(path)
+    p = resolve(path)
     if p.is_dir():
         folder = p / "labels" if (p / "labels").is_dir() else p
         log = LabelLog(folder)
@@ -42,12 +45,12 @@ def read_labeled(path: str | None) -> dict[str, int] | list[str]:
         return log.labels()
     if not p.exists():
         raise SystemExit(f"error: --labels {path} does not exist")
-    names = pq.read_schema(p).names
+    names = pq.read_schema(p.path, filesystem=p.fs).names
     if "id" not in names:
         raise SystemExit(f"error: --labels {path} has no 'id' column (columns: {names})")
     if "label" not in names:
-        return [str(i) for i in pq.read_table(p, columns=["id"]).column("id").to_pylist()]
-    t = pq.read_table(p, columns=["id", "label"])
+        return [str(i) for i in read_table(p, columns=["id"]).column("id").to_pylist()]
+    t = read_table(p, columns=["id", "label"])
     return {str(i): int(y) for i, y in zip(t.column("id").to_pylist(),
                                            t.column("label").to_pylist())}
 

@@ -76,13 +76,14 @@ def filesystem(scheme: str, netloc: str, query: str) -> tuple[pafs.FileSystem, s
 class Location:
     """A file or folder on a pyarrow filesystem. ``str(location)`` is its ``uri``."""
 
-    __slots__ = ("uri", "fs", "path")
+    __slots__ = ("uri", "fs", "path", "root")
 
-    def __init__(self, uri: str, fs: pafs.FileSystem, path: str):
-        self.uri, self.fs, self.path = uri, fs, path
+    def __init__(self, uri: str, fs: pafs.FileSystem, path: str, root: str = ""):
+        # root: what the filesystem puts before a URI's path (s3://bucket/a -> "bucket/a")
+        self.uri, self.fs, self.path, self.root = uri, fs, path, root
 
     def __reduce__(self):  # pickles with the filesystem (and so its options)
-        return Location, (self.uri, self.fs, self.path)
+        return Location, (self.uri, self.fs, self.path, self.root)
 
     def __str__(self) -> str:
         return self.uri
@@ -132,13 +133,10 @@ class Location:
     def _with_path(self, path: str) -> "Location":
         if self.is_local and not is_uri(self.uri):
             return Location(path, self.fs, path)
-        scheme, netloc, old, query, _ = urlsplit(self.uri)
-        # the URI's path is the filesystem path minus what the root of the filesystem adds
-        # (s3://bucket/a -> "bucket/a", file:///a -> "/a")
-        root = filesystem(scheme, netloc, query)[1].rstrip("/")
-        rel = path[len(root):] if root and path.startswith(root) else path
+        scheme, netloc, _, query, _ = urlsplit(self.uri)
+        rel = path[len(self.root):] if path.startswith(self.root) else path
         return Location(urlunsplit((scheme, netloc, quote("/" + rel.lstrip("/")), query, "")),
-                        self.fs, path)
+                        self.fs, path, self.root)
 
     # ---- reading -------------------------------------------------------------------------
     def info(self) -> pafs.FileInfo:
@@ -192,7 +190,7 @@ def resolve(where: Where) -> Location:
     rel = unquote(path).strip("/")
     full = (root.rstrip("/") + "/" + rel) if rel else root
     return Location(urlunsplit((scheme.lower(), netloc, path.rstrip("/") or "/", query, "")),
-                    fs, full or "/")
+                    fs, full or "/", root.rstrip("/"))
 
 
 def read_bytes(where: Where) -> bytes:

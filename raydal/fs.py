@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
+_SECRET = re.compile(r"://([^/@:?#\s]+):[^/@?#\s]*@")
 #: URI schemes of ``pyarrow.fs.FileSystem.from_uri`` (object stores need a pyarrow built with
 #: them, as the PyPI wheels are).
 SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
@@ -89,7 +90,7 @@ class Location:
         return self.uri
 
     def __repr__(self) -> str:
-        return f"Location({self.uri!r})"
+        return f"Location({redact(self.uri)!r})"
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Location) and other.uri == self.uri
@@ -191,6 +192,11 @@ def resolve(where: Where) -> Location:
     full = (root.rstrip("/") + "/" + rel) if rel else root
     return Location(urlunsplit((scheme.lower(), netloc, path.rstrip("/") or "/", query, "")),
                     fs, full or "/", root.rstrip("/"))
+
+
+def redact(text: str) -> str:
+    """``text`` with the secret of any ``scheme://key:secret@`` in it replaced by ``***``."""
+    return _SECRET.sub(r"://\1:***@", text)
 
 
 def read_bytes(where: Where) -> bytes:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from raydal.fs import read_bytes
+from raydal.fs import read_bytes, redact
 
 #: Refuse images larger than this many pixels before decoding (decompression bombs).
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -52,7 +52,7 @@ def load_image(data: bytes | None, path: str | None, spec: InputSpec) -> np.ndar
             try:
                 data = read_bytes(path)
             except Exception as e:  # missing, unreadable, or a store that refuses
-                raise BadImage(f"cannot read {path}: {type(e).__name__}: {e}") from None
+                raise BadImage(redact(f"cannot read {path}: {type(e).__name__}: {e}")) from None
         if len(data) == 0:
             raise BadImage("zero-byte image")
         with warnings.catch_warnings():

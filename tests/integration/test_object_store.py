@@ -8,6 +8,7 @@ import pyarrow as pa
 import pytest
 
 import raydal
+from raydal.cli import main
 from raydal.config import parse_config
 from raydal.fs import resolve
 from raydal.labels import LabelLog
@@ -68,7 +69,8 @@ def loop_config(fashion_mnist, run_dir, rounds):
     })
 
 
-def test_loop_with_its_run_directory_on_s3_resumes(ray_cluster, s3_bucket, fashion_mnist):
+def test_loop_with_its_run_directory_on_s3_resumes(ray_cluster, s3_bucket, fashion_mnist,
+                                                   capsys):
     run_dir = resolve(s3_bucket) / "runs" / "x"
     first = ActiveLoop(loop_config(fashion_mnist, str(run_dir), rounds=0)).run()
     assert [r["num_labeled"] for r in first] == [40]
@@ -88,3 +90,6 @@ def test_loop_with_its_run_directory_on_s3_resumes(ray_cluster, s3_bucket, fashi
     assert read_json(run_dir / "state.json")["phase"] == "done"
     assert (run_dir / "report" / "learning_curve.png").info().size > 1000
     assert not (run_dir / "ray_train").files(recursive=True)  # Ray Train's scratch is gone
+    assert main(["status", str(run_dir)]) == 0 and main(["report", str(run_dir)]) == 0
+    assert "| 1 | 70 |" in capsys.readouterr().out
+    assert (run_dir / "report" / "comparison.png").exists()

@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from raydal.config import ConfigError, parse_config
 from raydal.fs import FsError, check, resolve
 from raydal.labels import LabelError, LabelLog
 from raydal.models import (ModelSpec, checkpoint_exists, create_model, load_checkpoint,
@@ -37,6 +38,8 @@ def test_unsupported_or_malformed_uris_say_what_to_use():
     with pytest.raises(FsError, match="percent-encode '#'"):
         check("s3://bucket/a#b")
     assert check("runs/x") == "runs/x"
+    with pytest.raises(ConfigError, match="config field 'run_dir': 'ftp://h/r': ftp:// is not"):
+        parse_config({"run_dir": "ftp://h/r"})
 
 
 def test_atomic_writes_and_reads_on_s3(s3_bucket):
@@ -132,6 +135,7 @@ def test_image_folder_on_s3_holds_uris_that_decode_anywhere(s3_bucket, random_im
     missing = str(folder / "cls0" / "gone.png")
     arr, ok, bad = decode_rows(None, paths + [missing], InputSpec(1, 20))
     assert ok == [0, 1] and [i for i, _ in bad] == [2] and "cannot read" in bad[0][1]
+    assert "testing:***@" in bad[0][1] and "testing:testing" not in bad[0][1]  # no secret kept
     np.testing.assert_array_equal(arr[0, 0], images[0])
     stored = Pool.from_image_folder(str(folder), store_bytes=True)
     assert stored.image_column == "image" and stored.num_rows == 4

@@ -197,7 +197,8 @@ class ActiveLoop:
             atomic_write_json(sel_path.with_suffix(".json"), {
                 "round": r, "strategy": strategy.name, "budget": budget,
                 "num_selected": len(sel.ids), "num_scored": sel.num_scored,
-                "seconds": sel.seconds, "skipped": [list(x) for x in sel.skipped]})
+                "seconds": sel.seconds, "startup_seconds": sel.startup_seconds,
+                "skipped": [list(x) for x in sel.skipped]})
             atomic_write_parquet(sel_path, sel.to_table())  # the commit point of a selection
             fault_point(f"selected-{r}")
         self._set_state(r, "label")

@@ -10,7 +10,8 @@ A URI's options travel in its query string (``s3://bucket/prefix?endpoint_overri
 scheme=http&region=eu-west-1``, see ``pyarrow.fs.FileSystem.from_uri``); credentials come from
 the standard environment variables or configuration files of each store (``AWS_ACCESS_KEY_ID``
 ..., ``GOOGLE_APPLICATION_CREDENTIALS``). Plain paths stay on the ``LocalFileSystem``, as
-absolute paths. Filesystems are created once per process and options (``filesystem()``).
+absolute paths. A process creates one filesystem per scheme, host and options
+(``filesystem()``).
 """
 from __future__ import annotations
 
@@ -67,9 +68,9 @@ def filesystem(scheme: str, netloc: str, query: str) -> tuple[pafs.FileSystem, s
     root = urlunsplit((scheme, netloc, "/", query, ""))
     try:
         return pafs.FileSystem.from_uri(root)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
         raise FsError(
-            f"cannot open {scheme}://{netloc}: {e}. Use a local path or a URI that "
+            f"cannot open {redact(f'{scheme}://{netloc}')}: {redact(str(e))}. Use a local path or a URI that "
             "pyarrow.fs.FileSystem.from_uri accepts, with its options in the query string "
             "(e.g. s3://bucket/prefix?region=eu-west-1)") from None
 
@@ -110,7 +111,7 @@ class Location:
     @property
     def local_path(self) -> Path:
         if not self.is_local:
-            raise FsError(f"{self.uri} is not on the local filesystem")
+            raise FsError(f"{redact(self.uri)} is not on the local filesystem")
         return Path(self.path)
 
     @property

@@ -90,12 +90,12 @@ def test_checkpoint_on_s3_commits_with_its_meta_last(s3_bucket):
 
 def test_lease_refuses_a_second_driver_while_renewed_and_expires_after_its_holder(s3_bucket):
     run = resolve(s3_bucket) / "run"
-    with run_dir_lock(run, lease_ttl=1.0):
-        time.sleep(1.5)  # longer than the TTL: the heartbeat keeps the lease fresh
+    with run_dir_lock(run, lease_ttl=2.0):
+        time.sleep(2.5)  # longer than the TTL: the heartbeat keeps the lease fresh
         with pytest.raises(RunDirLocked, match="is in use by .* pid"):
-            with run_dir_lock(str(run), lease_ttl=1.0):
+            with run_dir_lock(str(run), lease_ttl=2.0):
                 pass
-    with run_dir_lock(run, lease_ttl=1.0):  # released on exit: free at once
+    with run_dir_lock(run, lease_ttl=2.0):  # released on exit: free at once
         pass
     dead = Lease(run / ".lease.json", ttl=1.0, settle=0.0)
     dead.acquire()  # a holder that dies without releasing (no heartbeat)

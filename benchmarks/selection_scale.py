@@ -13,11 +13,16 @@ merge over the same rows (a sample of them, extrapolated by row count). It repor
                        also counts object-store pages mapped by the driver (RssShmem)
   overhead             select wall / (bare seconds / actors) - 1: time beyond perfectly parallel
                        bare compute (Ray Data read, scheduling, transfer, driver merge)
-  overhead_1actor      the same with 1 actor against bare on 1 thread (size <= 100k only)
   startup_s            seconds until the first scored batch reached the driver (actor start,
                        model shipping, Ray Data planning, first read), measured in the same run;
   overhead_steady      the overhead of the rest of the run: (wall - startup_s) against the bare
                        time of the rows scored after the first batch (per-row cost only)
+  overhead_steady_vs_together
+                       the same against 2 bare processes run at once (what 2 perfect workers
+                       get from this machine's 2 cores), i.e. the pipeline's own share
+  one_actor            the same run with 1 actor, against bare on 1 thread
+  cpu_seconds          CPU seconds every process on the machine used during select(), by group
+                       (scoring actors, read tasks, driver, Ray system)
 
 and, on a pool with a CPU-bound model (an MLP, model time >> decode time), the speedup of
 2 actors over 1 actor (0.5 CPU each, one torch thread each), end to end and steady state.
@@ -122,34 +127,78 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-class _PeakSampler:
-    """Samples /proc/self/status every ``period_s`` in a thread; keeps the peak of each field.
+#: process groups of the CPU account: (group, substring of the process's command line)
+_CPU_GROUPS = (("scoring actors", "MapBatches(ScoreBatches)"), ("driver", "--child"),
+               ("Ray system", "raylet"), ("Ray system", "gcs_server"), ("Ray system", "ray::_"),
+               ("Ray system", "ray::Actor"), ("Ray system", "ray::Dashboard"),
+               ("Ray system", "log_monitor"), ("Ray system", "dashboard"),
+               ("read tasks and idle workers", "ray::"), ("read tasks and idle workers",
+                                                          "default_worker.py"))
+
+
+def _process_cpu() -> dict[int, tuple[str, float]]:
+    """pid -> (group, user + system CPU seconds so far) of every process on the machine."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile
+            continue
+        group = next((g for g, key in _CPU_GROUPS if key in cmd), "other processes")
+        out[int(stat.parent.name)] = (group, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+class _Sampler:
+    """Samples, in a thread, the driver's /proc/self/status every ``period_s`` (peak of each
+    field) and the CPU time of every process every ``cpu_every`` samples.
 
     VmHWM counts object-store (shared memory) pages the driver has mapped; RssAnon is the
-    driver's own heap, RssShmem the mapped shared pages: the peaks say which one grew.
+    driver's own heap, RssShmem the mapped shared pages: the peaks say which one grew. The CPU
+    account (``cpu_seconds``: group -> CPU seconds used during the run) keeps each process's
+    last sample, so processes that exit before the end (Ray Data's actors) still count, up to
+    one sampling period.
     """
 
     FIELDS = ("RssAnon", "RssShmem", "RssFile")
 
-    def __init__(self, period_s: float = 0.1):
+    def __init__(self, period_s: float = 0.1, cpu_every: int = 5):
         import threading
         self.peak_mb = {f: 0.0 for f in self.FIELDS}
+        self._cpu_first = _process_cpu()
+        self._cpu_last = dict(self._cpu_first)
+        self._cpu_every = cpu_every
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(period_s,), daemon=True)
 
     def _run(self, period_s: float) -> None:
+        n = 0
         while not self._stop.is_set():
             for f in self.FIELDS:
                 self.peak_mb[f] = max(self.peak_mb[f], _status_kb(f) / 1024)
+            if n % self._cpu_every == 0:
+                self._cpu_last.update(_process_cpu())
+            n += 1
             self._stop.wait(period_s)
 
-    def __enter__(self) -> "_PeakSampler":
+    @property
+    def cpu_seconds(self) -> dict[str, float]:
+        groups: dict[str, float] = {}
+        for pid, (group, cpu) in self._cpu_last.items():
+            before = self._cpu_first.get(pid, (group, 0.0))[1]
+            groups[group] = groups.get(group, 0.0) + cpu - before
+        return {g: round(c, 2) for g, c in sorted(groups.items())}
+
+    def __enter__(self) -> "_Sampler":
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        self._cpu_last.update(_process_cpu())
 
 
 def bare_seconds(pool_path: str, model_kind: str, rows: int, batch_size: int) -> dict:
@@ -180,6 +229,29 @@ def bare_seconds(pool_path: str, model_kind: str, rows: int, batch_size: int) ->
     return {"seconds": time.perf_counter() - t0, "rows": seen}
 
 
+def bare_concurrent_seconds(pool_path: str, model_kind: str, rows: int, batch_size: int,
+                            procs: int) -> float:
+    """Seconds a row of ``bare_seconds`` takes when ``procs`` processes run it at once (the
+    most ``procs`` perfect workers can do on this machine: shared caches, memory bandwidth and
+    clocks included). Each process imports first, then all start at one agreed moment."""
+    start_at = time.time() + 15.0
+    kw = dict(pool_path=pool_path, model_kind=model_kind, rows=rows, batch_size=batch_size)
+    runs = [subprocess.Popen([sys.executable, __file__, "--bare", json.dumps(
+        {**kw, "start_at": start_at})], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        for _ in range(procs)]
+    results = [json.loads(r.communicate()[0].strip().splitlines()[-1]) for r in runs]
+    if any(r["late"] for r in results):
+        raise RuntimeError("a concurrent bare process was not ready at the start time")
+    return sum(r["seconds"] / r["rows"] for r in results) / procs
+
+
+def _bare_child(start_at: float, **kw) -> dict:
+    import raydal.select  # noqa: F401  (imports done before the agreed start)
+    late = time.time() > start_at
+    time.sleep(max(0.0, start_at - time.time()))
+    return {**bare_seconds(**kw), "late": late}
+
+
 def measure(pool_path: str, model_kind: str, num_actors: int, batch_size: int,
             bare_rows: int) -> dict:
     """One select() in this (fresh) process on a local 2-CPU cluster, then bare on a sample."""
@@ -199,7 +271,7 @@ def measure(pool_path: str, model_kind: str, num_actors: int, batch_size: int,
     anon_before = _status_kb("RssAnon") / 1024
     reset = _reset_peak_rss()
     t0 = time.perf_counter()
-    with _PeakSampler() as sampler:
+    with _Sampler() as sampler:
         sel = raydal.select(pool, model, "entropy", BUDGET, num_actors=num_actors,
                             batch_size=batch_size, num_cpus_per_actor=0.5,
                             input_spec=InputSpec(1, IMG), progress=False)
@@ -212,6 +284,9 @@ def measure(pool_path: str, model_kind: str, num_actors: int, batch_size: int,
     bare_full = bare["seconds"] * n / bare["rows"]
     steady_rows = n - sel.startup_rows
     steady_bare = bare_full * steady_rows / n
+    row_s_together = (bare_concurrent_seconds(pool_path, model_kind, min(bare_rows, n),
+                                              batch_size, num_actors)
+                      if num_actors > 1 else bare["seconds"] / bare["rows"])
     return {"rows": n, "model": model_kind, "num_actors": num_actors, "batch_size": batch_size,
             "select_seconds": wall, "rows_per_s": n / wall,
             "startup_s": sel.startup_seconds, "startup_rows": sel.startup_rows,
@@ -220,11 +295,17 @@ def measure(pool_path: str, model_kind: str, num_actors: int, batch_size: int,
                                   if steady_rows else None),
             "overhead_steady": ((wall - sel.startup_seconds) / (steady_bare / num_actors) - 1
                                 if steady_rows else None),
+            # against ``num_actors`` bare processes run at once: the pipeline's own share
+            "bare_together_rows_per_s_each": 1.0 / row_s_together,
+            "overhead_steady_vs_together": ((wall - sel.startup_seconds)
+                                            / (row_s_together * steady_rows / num_actors) - 1
+                                            if steady_rows else None),
             "driver_rss_before_mb": rss_before, "driver_peak_rss_mb": peak if reset else None,
             "driver_rss_after_mb": rss_after,
             "driver_anon_before_mb": anon_before,
             "driver_peak_anon_mb": sampler.peak_mb["RssAnon"],
             "driver_peak_shmem_mb": sampler.peak_mb["RssShmem"],
+            "cpu_seconds": sampler.cpu_seconds,
             "driver_rss_growth_mb": (peak - rss_before) if reset else rss_after - rss_before,
             "bare_sample_rows": bare["rows"], "bare_sample_seconds": bare["seconds"],
             "bare_seconds_extrapolated": bare_full,
@@ -246,18 +327,24 @@ def run_child(**kw) -> dict:
 # ---- report ----------------------------------------------------------------------------------------
 def markdown(result: dict) -> str:
     lines = ["| rows | select s | start-up s | rows/s | driver peak RSS MB | RSS growth MB "
-             "| peak anon / shmem MB | bare 1-thread rows/s | overhead vs bare/2 "
-             "| steady overhead vs bare/2 | overhead 1 actor |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| bare rows/s: 1 process / each of 2 at once | overhead vs bare/2: end to end "
+             "/ steady | steady overhead vs 2 bare at once | 1 actor vs bare: end to end / steady |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["sizes"]:
-        o1 = r.get("overhead_1actor")
+        one = r.get("one_actor") or {}
         lines.append(f"| {r['rows']:,} | {r['select_seconds']:.1f} | {r['startup_s']:.1f} | "
-                     f"{r['rows_per_s']:,.0f} | "
-                     f"{r['driver_peak_rss_mb'] or float('nan'):.0f} | "
-                     f"{r['driver_rss_growth_mb']:.0f} | {r['driver_peak_anon_mb']:.0f} / "
-                     f"{r['driver_peak_shmem_mb']:.0f} | {r['bare_rows_per_s_1thread']:,.0f} | "
-                     f"{r['overhead']:+.0%} | {_pct(r['overhead_steady'])} | "
-                     f"{'' if o1 is None else f'{o1:+.0%}'} |")
+                     f"{r['rows_per_s']:,.0f} | {r['driver_peak_rss_mb'] or float('nan'):.0f} | "
+                     f"{r['driver_rss_growth_mb']:.0f} | {r['bare_rows_per_s_1thread']:,.0f} / "
+                     f"{r['bare_together_rows_per_s_each']:,.0f} | {r['overhead']:+.0%} / "
+                     f"{_pct(r['overhead_steady'])} | {_pct(r['overhead_steady_vs_together'])} | "
+                     f"{_pct(one.get('overhead'))} / {_pct(one.get('overhead_steady'))} |")
+    largest = max(result["sizes"], key=lambda r: r["rows"])
+    cpu = largest["cpu_seconds"]
+    lines += ["", f"CPU seconds used during the {largest['rows']:,}-row select() "
+              f"({largest['select_seconds']:.1f}s x 2 cores = "
+              f"{2 * largest['select_seconds']:.0f} CPU-s; bare work "
+              f"{largest['bare_seconds_extrapolated']:.0f} CPU-s): "
+              + ", ".join(f"{g} {c:.1f}" for g, c in cpu.items())]
     s = result["scaling"]
     lines += ["", f"CPU-bound model ({s['rows']:,} rows, bare 1 thread "
               f"{s['one']['bare_seconds_extrapolated']:.1f}s): 1 actor "
@@ -290,9 +377,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="rows of the 1-vs-2-actor pool (default 400k: ~85 s of MLP on 1 thread, "
                         "so start-up is a few percent)")
     p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--bare", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         print(json.dumps(measure(**json.loads(args.child))), flush=True)
+        return 0
+    if args.bare:
+        print(json.dumps(_bare_child(**json.loads(args.bare))), flush=True)
         return 0
 
     sizes = ([int(s) for s in args.sizes.split(",")] if args.sizes
@@ -316,10 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in sizes:
         pool = build_pool(n, data / f"pool-{n}")
         r = child(pool, "cheap", 2)
-        if n <= 100_000:
-            one = child(pool, "cheap", 1)
-            r["overhead_1actor"] = one["overhead"]
-            r["select_seconds_1actor"] = one["select_seconds"]
+        r["one_actor"] = child(pool, "cheap", 1)
         result["sizes"].append(r)
         print(f"  {n:>9,} rows: {r['select_seconds']:.1f}s (start-up {r['startup_s']:.1f}s), "
               f"{r['rows_per_s']:,.0f} rows/s, "

@@ -357,6 +357,43 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def goals(result: dict) -> dict:
+    """Each goal: met or not, and what was measured (from a result of ``main``)."""
+    peaks = [r["driver_peak_rss_mb"] or r["driver_rss_after_mb"] for r in result["sizes"]]
+    spread = max(peaks) - min(peaks)
+    largest, sc = max(result["sizes"], key=lambda r: r["rows"]), result["scaling"]
+    at = f"largest pool ({largest['rows']:,} rows)"
+    limit = GOALS["overhead_max"]
+
+    def under(x: float | None) -> bool:
+        return x is not None and x <= limit
+
+    speedup = GOALS["speedup_2_actors_min"]
+    return {
+        "driver memory flat (peak spread <= 100 MB)": {
+            "met": spread <= GOALS["driver_memory_flat_mb"],
+            "measured": f"peak RSS {min(peaks):.0f}-{max(peaks):.0f} MB, spread {spread:.0f} MB"},
+        # the pipeline's own per-row cost: against what 2 bare processes get from the machine
+        f"pipeline overhead <= 10%, steady state vs 2 bare processes at once, {at}": {
+            "met": under(largest["overhead_steady_vs_together"]),
+            "measured": _pct(largest["overhead_steady_vs_together"])},
+        # ... plus the machine's own 2-process slowdown (shared caches, memory, clocks)
+        f"pipeline overhead <= 10%, steady state vs bare/2, {at}": {
+            "met": under(largest["overhead_steady"]), "measured": _pct(largest["overhead_steady"])},
+        # ... plus the fixed start-up, whose share shrinks as the pool grows
+        f"pipeline overhead <= 10%, end to end vs bare/2, {at}": {
+            "met": under(largest["overhead"]),
+            "measured": f"{largest['overhead']:+.0%} incl. {largest['startup_s']:.1f}s start-up; "
+                        + ", ".join(f"{r['rows']:,}: {r['overhead']:+.0%}"
+                                    for r in result["sizes"])},
+        "2 actors >= 1.8x one actor (CPU-bound model), steady state": {
+            "met": (sc["speedup_steady"] or 0) >= speedup,
+            "measured": _times(sc["speedup_steady"])},
+        "2 actors >= 1.8x one actor (CPU-bound model), end to end": {
+            "met": sc["speedup"] >= speedup, "measured": f"{sc['speedup']:.2f}x"},
+    }
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x:+.0%}"
 
@@ -378,12 +415,19 @@ def main(argv: list[str] | None = None) -> int:
                         "so start-up is a few percent)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--bare", help=argparse.SUPPRESS)
+    p.add_argument("--render", metavar="JSON", help="print the tables and goals of a results "
+                   "file again (no measuring)")
     args = p.parse_args(argv)
     if args.child:
         print(json.dumps(measure(**json.loads(args.child))), flush=True)
         return 0
     if args.bare:
         print(json.dumps(_bare_child(**json.loads(args.bare))), flush=True)
+        return 0
+    if args.render:
+        result = json.loads(Path(args.render).read_text())
+        result["goals"] = goals(result)
+        print(markdown(result))
         return 0
 
     sizes = ([int(s) for s in args.sizes.split(",")] if args.sizes
@@ -421,28 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         "speedup_steady": (two["steady_rows_per_s"] / one["steady_rows_per_s"]
                            if two["steady_rows_per_s"] and one["steady_rows_per_s"] else None)}
 
-    peaks = [r["driver_peak_rss_mb"] or r["driver_rss_after_mb"] for r in result["sizes"]]
-    spread = max(peaks) - min(peaks)
-    largest, sc = max(result["sizes"], key=lambda r: r["rows"]), result["scaling"]
-    steady = largest["overhead_steady"]
-    result["goals"] = {
-        "driver memory flat (peak spread <= 100 MB)": {
-            "met": spread <= GOALS["driver_memory_flat_mb"],
-            "measured": f"peak RSS {min(peaks):.0f}-{max(peaks):.0f} MB, spread {spread:.0f} MB"},
-        # the per-row cost of the pipeline: what grows with the pool
-        f"pipeline overhead <= 10%, steady state, largest pool ({largest['rows']:,} rows)": {
-            "met": steady is not None and steady <= GOALS["overhead_max"],
-            "measured": _pct(steady)},
-        # plus the fixed start-up, whose share shrinks as the pool grows
-        f"pipeline overhead <= 10%, end to end, largest pool ({largest['rows']:,} rows)": {
-            "met": largest["overhead"] <= GOALS["overhead_max"],
-            "measured": f"{largest['overhead']:+.0%} incl. {largest['startup_s']:.1f}s start-up; "
-                        + ", ".join(f"{r['rows']:,}: {r['overhead']:+.0%}"
-                                    for r in result["sizes"])},
-        "2 actors >= 1.8x one actor (CPU-bound model, end to end)": {
-            "met": sc["speedup"] >= GOALS["speedup_2_actors_min"],
-            "measured": f"{sc['speedup']:.2f}x end to end, {_times(sc['speedup_steady'])} steady"},
-    }
+    result["goals"] = goals(result)
     result["total_seconds"] = time.perf_counter() - t_start
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

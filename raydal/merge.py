@@ -56,7 +56,8 @@ class RunningTopK:
 
 
 class StreamingTopK:
-    """Merges (ids, scores) chunks into the exact top-k, holding O(k + chunk) rows."""
+    """Merges (ids, scores) chunks into the exact top-k of distinct ids, holding O(k + chunk)
+    rows."""
 
     def __init__(self, k: int):
         if k < 1:
@@ -76,8 +77,14 @@ class StreamingTopK:
     def _reduce(self) -> None:
         if not self._ids:
             return
-        ids, scores = top_k(np.concatenate(self._ids), np.concatenate(self._scores), self.k)
-        self._ids, self._scores, self._buffered = [ids], [scores], len(ids)
+        ids, scores = np.concatenate(self._ids), np.concatenate(self._scores)
+        # An id can arrive twice when Ray re-runs a block whose output was already delivered
+        # (a retried task, a lost object rebuilt from lineage), with a score that may differ
+        # in the last bits: keep its best entry, so a pick is never made twice.
+        ids, scores = top_k(ids, scores, len(ids))
+        _, first = np.unique(ids, return_index=True)
+        keep = np.sort(first)[:self.k]
+        self._ids, self._scores, self._buffered = [ids[keep]], [scores[keep]], len(keep)
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids (<=k,), scores (<=k,)), best first."""

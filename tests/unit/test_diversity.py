@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from raydal.scoring import create_strategy
-from raydal.scoring.diversity import (badge_embedding, badge_gram, features_from_bytes,
-                                      k_center_cost, logits_and_features, sharded_pick,
+from raydal.scoring.diversity import (StreamingCandidates, badge_embedding, badge_gram,
+                                      features_from_bytes, k_center_cost, logits_and_features, sharded_pick,
                                       sq_norms, step_keys, step_uniform)
 
 C, D = 5, 7
@@ -168,3 +168,18 @@ def test_select_with_ray(ray_cluster, random_images):
         assert len(sel.ids) == len(set(sel.ids)) == 20, name
         assert not set(sel.ids) & set(labeled), name
         assert sel.num_scored == 120 - 10, name
+
+
+@pytest.mark.parametrize("name", ["coreset", "badge"])
+def test_rows_delivered_twice_are_picked_once(name):
+    """A block Ray re-runs sends its candidates again: BADGE and Coreset picks already ignore a
+    point equal to one picked (distance 0), so the driver's pick is unchanged."""
+    ids = ids_of(300)
+    rows = badge_rows(300, 3) if name == "badge" else clustered(300, D, 3)
+    strategy = create_strategy(name)
+    once, twice = StreamingCandidates(strategy, 20, None), StreamingCandidates(strategy, 20, None)
+    once.add(ids, rows)
+    twice.add(ids, rows)
+    twice.add(ids[:100], rows[:100])
+    assert twice.result()[0].tolist() == once.result()[0].tolist()
+    assert len(set(once.result()[0].tolist())) == 20

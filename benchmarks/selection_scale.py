@@ -3,7 +3,7 @@
 For each pool size (default 10k, 100k, 1.28M rows of 8x8 grayscale PNGs, written streaming in
 row groups, never whole in memory) one fresh driver process starts a local Ray cluster (2 CPUs)
 and runs a full ``raydal.select`` (entropy, budget 1000, 2 actors x 0.5 CPU, a cheap model), then,
-in the same process and without Ray, the bare work: the same decode + model + per-batch top-k +
+in the same process and without Ray, the bare work: the same decode + model + running top-k +
 merge over the same rows (a sample of them, extrapolated by row count). It reports
 
   rows_per_s           pool rows / select() wall time (seconds include actor start-up)
@@ -202,18 +202,18 @@ class _Sampler:
 
 
 def bare_seconds(pool_path: str, model_kind: str, rows: int, batch_size: int) -> dict:
-    """Decode + model + per-batch top-k + streaming merge over the first ``rows`` rows, one
+    """Decode + model + running top-k + streaming merge over the first ``rows`` rows, one
     process, one torch thread, no Ray: the work select() distributes. Returns seconds, rows."""
     import numpy as np
     import pyarrow.dataset as pads
     import torch
-    from raydal.merge import StreamingTopK, top_k
+    from raydal.merge import RunningTopK, StreamingTopK
     from raydal.scoring import create_strategy
     from raydal.transforms import InputSpec, decode_rows, to_model_input
 
     torch.set_num_threads(1)
     spec, strategy, model = InputSpec(1, IMG), create_strategy("entropy"), make_model(model_kind)
-    merger, seen = StreamingTopK(BUDGET), 0
+    running, merger, seen = RunningTopK(BUDGET), StreamingTopK(BUDGET), 0
     t0 = time.perf_counter()
     for batch in pads.dataset(pool_path, format="parquet").to_batches(
             columns=["id", "image"], batch_size=batch_size):
@@ -221,7 +221,7 @@ def bare_seconds(pool_path: str, model_kind: str, rows: int, batch_size: int) ->
         arr, ok, _ = decode_rows(batch.column(1).to_pylist(), None, spec)
         with torch.no_grad():
             scores = strategy.score(model, to_model_input(arr, spec), list(ids[ok]), None)
-        merger.add(*top_k(ids[ok].astype(str), scores.double().numpy(), BUDGET))
+        merger.add(*running.admit(ids[ok].astype(str), scores.double().numpy()))
         seen += len(ids)
         if seen >= rows:
             break

@@ -234,12 +234,10 @@ def bare_concurrent_seconds(pool_path: str, model_kind: str, rows: int, batch_si
     """Seconds a row of ``bare_seconds`` takes when ``procs`` processes run it at once (the
     most ``procs`` perfect workers can do on this machine: shared caches, memory bandwidth and
     clocks included). Each process imports first, then all start at one agreed moment."""
-    start_at = time.time() + 15.0
-    kw = dict(pool_path=pool_path, model_kind=model_kind, rows=rows, batch_size=batch_size)
-    runs = [subprocess.Popen([sys.executable, __file__, "--bare", json.dumps(
-        {**kw, "start_at": start_at})], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        for _ in range(procs)]
-    results = [json.loads(r.communicate()[0].strip().splitlines()[-1]) for r in runs]
+    kw = dict(pool_path=pool_path, model_kind=model_kind, rows=rows, batch_size=batch_size,
+              start_at=time.time() + 15.0)
+    runs = [_start_child("--bare", kw) for _ in range(procs)]
+    results = [_child_result(r, kw) for r in runs]
     if any(r["late"] for r in results):
         raise RuntimeError("a concurrent bare process was not ready at the start time")
     return sum(r["seconds"] / r["rows"] for r in results) / procs
@@ -313,15 +311,25 @@ def measure(pool_path: str, model_kind: str, num_actors: int, batch_size: int,
             "overhead": wall / (bare_full / num_actors) - 1}
 
 
-def run_child(**kw) -> dict:
-    """``measure`` in a fresh interpreter, so each driver's memory is its own."""
+def _start_child(flag: str, kw: dict) -> subprocess.Popen:
+    """This script in a fresh interpreter (``flag`` JSON), on a private local cluster if any."""
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
     env.pop("RAY_ADDRESS", None)  # always a private local cluster, never someone else's
-    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(kw)], env=env,
-                         capture_output=True, text=True, cwd=ROOT)
-    if out.returncode != 0:
-        raise RuntimeError(f"child {kw} failed:\n{out.stderr[-4000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return subprocess.Popen([sys.executable, __file__, flag, json.dumps(kw)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+def _child_result(proc: subprocess.Popen, kw: dict) -> dict:
+    """The JSON a child printed last; RuntimeError with its stderr if it failed."""
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"child {kw} failed:\n{err[-4000:]}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run_child(**kw) -> dict:
+    """``measure`` in a fresh interpreter, so each driver's memory is its own."""
+    return _child_result(_start_child("--child", kw), kw)
 
 
 # ---- report ----------------------------------------------------------------------------------------
@@ -339,10 +347,10 @@ def markdown(result: dict) -> str:
                      f"{_pct(r['overhead_steady'])} | {_pct(r['overhead_steady_vs_together'])} | "
                      f"{_pct(one.get('overhead'))} / {_pct(one.get('overhead_steady'))} |")
     largest = max(result["sizes"], key=lambda r: r["rows"])
-    cpu = largest["cpu_seconds"]
+    cpu, cores = largest["cpu_seconds"], result["machine"]["cpus"]
     lines += ["", f"CPU seconds used during the {largest['rows']:,}-row select() "
-              f"({largest['select_seconds']:.1f}s x 2 cores = "
-              f"{2 * largest['select_seconds']:.0f} CPU-s; bare work "
+              f"({largest['select_seconds']:.1f}s x {cores} cores = "
+              f"{cores * largest['select_seconds']:.0f} CPU-s; bare work "
               f"{largest['bare_seconds_extrapolated']:.0f} CPU-s): "
               + ", ".join(f"{g} {c:.1f}" for g, c in cpu.items())]
     s = result["scaling"]
@@ -411,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bare-rows", type=int, default=100_000,
                    help="rows timed for the bare (no Ray) reference, extrapolated beyond")
     p.add_argument("--scaling-rows", type=int, default=None,
-                   help="rows of the 1-vs-2-actor pool (default 400k: ~85 s of MLP on 1 thread, "
+                   help="rows of the 1-vs-2-actor pool (default 400k: 60-80 s of MLP on 1 thread, "
                         "so start-up is a few percent)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--bare", help=argparse.SUPPRESS)

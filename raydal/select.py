@@ -253,9 +253,10 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
         skipped += [(str(i), str(r)) for i, r in zip(out["id"][bad], out["status"][bad])]
         n = int(out["n_scored"].sum())
         num_scored += n
-        bar.update(n + int(bad.sum()))
+        seen = n + int(bad.sum())
+        bar.update(seen)
         if startup is None:  # actors started, model loaded, first block read and scored
-            startup = (time.perf_counter() - t0, n + int(bad.sum()))
+            startup = (time.perf_counter() - t0, seen)
     bar.close()
     ids, scores = merger.result()
     if skipped:

@@ -21,7 +21,7 @@ def ray_cluster():
     """A local Ray cluster (2 CPUs) shared by every test that needs Ray; yields its address."""
     import ray
     import ray.data
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()

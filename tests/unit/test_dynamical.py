@@ -145,7 +145,7 @@ def test_fast_and_vmap_equal_naive(case, params, monkeypatch):
     g_L = labeled_gradient(model, lx, ly, batch_size=4, params=params)
     expected = naive_scores(model, x, g_L, list(g_L))
     with monkeypatch.context() as patch:  # every layer here has a rule: no fallback allowed
-        patch.setattr(grads, "_vmap_terms", lambda *a: pytest.fail(f"fallback used: {a[3]}"))
+        patch.setattr(grads.fallback, "per_sample_terms", lambda *a: pytest.fail(f"fallback used: {a[3]}"))
         fast = dynamical_scores(model, x, g_L=g_L, params=params)
     assert_close(fast, expected)
     with warnings.catch_warnings():  # vmap over SDPA warns about a missing batching rule

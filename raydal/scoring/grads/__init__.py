@@ -1,0 +1,102 @@
+"""Exact dynamicAL scores without a per-sample gradient matrix.
+
+s(u) = ||g_u||^2 + ip_weight * <g_L, g_u>, g_u the gradient of CE(f(x_u), argmax f(x_u)) over the
+selected parameters, model in eval mode. In eval mode samples are independent, so one backward pass
+of the SUMMED loss gives every layer its per-sample output gradients G (B, ...). With the layer's
+input A, each parameter's per-sample gradient is a known function of (A, G), and its squared norm and
+inner product with g_L reduce to small per-sample contractions ("ghost norms", Goodfellow 2015; Bu
+et al. mixed ghost norm for convolutions). The B x P matrix is never built: peak memory is that of
+one training step.
+
+Layout: ``registry`` (``register_rule``, the seam for a layer type's rule), one module per layer
+family (``linear``, ``conv``, ``norm``, ``embedding``, ``timm_layers``), ``onepass`` (the hooks)
+and ``fallback`` (chunked vmap for parameters no rule covers, or a per-sample autograd loop where
+vmap cannot run the model).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from raydal.scoring.grads import conv, embedding, linear, norm  # noqa: F401  (register rules)
+from raydal.scoring.grads import fallback
+from raydal.scoring.grads.common import autocast, device_of, eval_mode, select_params
+from raydal.scoring.grads.onepass import ghost_terms
+from raydal.scoring.grads.registry import Rule, Terms, flat_terms, register_rule
+
+__all__ = ["dynamical_scores", "labeled_gradient", "register_rule", "flat_terms", "Rule", "Terms"]
+_select_params = select_params  # the benchmark's name
+
+
+def labeled_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256,
+                     params: str = "all") -> dict[str, torch.Tensor]:
+    """g_L = gradient of the SUMMED cross-entropy over (x (N, ...), y (N,) int64), model in eval
+    mode, as {parameter name: tensor shaped like the parameter}; batches moved to the model's
+    device. params: "all" trainable parameters or "head" (the classifier)."""
+    selected = select_params(model, params)
+    total = {n: torch.zeros_like(p) for n, p in selected.items()}
+    device = device_of(model)
+    with eval_mode(model):
+        for start in range(0, len(x), batch_size):
+            xb, yb = x[start:start + batch_size].to(device), y[start:start + batch_size].to(device)
+            loss = F.cross_entropy(model(xb), yb, reduction="sum")
+            grads = torch.autograd.grad(loss, list(selected.values()), allow_unused=True)
+            for name, g in zip(selected, grads):
+                if g is not None:
+                    total[name] += g
+    return total
+
+
+def dynamical_scores(model: nn.Module, x: torch.Tensor, labeled_x: torch.Tensor | None = None,
+                     labeled_y: torch.Tensor | None = None, ip_weight: float = 2.0, *,
+                     g_L: dict[str, torch.Tensor] | None = None, params: str = "all",
+                     method: str = "fast", chunk_size: int = 32,
+                     autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """dynamicAL scores ||g_u||^2 + ip_weight * <g_L, g_u> of x (B, ...) on the model's device:
+    (B,) float64 on x's device.
+
+    g_L: precomputed ``labeled_gradient`` (extra names ignored), else computed from labeled_x (N,
+    ...), labeled_y (N,); neither is needed when ip_weight == 0. params: "all" or "head" (the
+    classifier only, i.e. the closed form ||softmax(z) - e_yhat||^2 (||h||^2 + 1) for a linear
+    head: one forward pass with a graph around the head alone). method:
+    "fast" (exact, per-layer contractions) or "vmap" (chunked torch.func reference, chunk_size
+    samples at a time). autocast_dtype: e.g. torch.bfloat16 for the forward/backward passes;
+    per-layer terms are then still computed in float32.
+    """
+    if method not in ("fast", "vmap"):
+        raise ValueError(f"method must be 'fast' or 'vmap', got {method!r}")
+    selected = select_params(model, params)
+    need_inner = ip_weight != 0
+    with eval_mode(model):
+        if need_inner:
+            if g_L is None:
+                if labeled_x is None or labeled_y is None:
+                    raise ValueError("dynamical_scores needs g_L or both labeled_x and labeled_y")
+                g_L = labeled_gradient(model, labeled_x, labeled_y, params=params)
+            missing = sorted(set(selected) - set(g_L))
+            if missing:
+                raise ValueError(f"g_L lacks {len(missing)} selected parameters, e.g. {missing[:3]}; "
+                                 f"compute it with labeled_gradient(model, ..., params={params!r})")
+            g_L = {n: g_L[n].to(selected[n]) for n in selected}
+        else:
+            g_L = None
+        cdtype = torch.float64 if any(p.dtype == torch.float64 for p in selected.values()) \
+            else torch.float32
+        if method == "vmap":
+            with torch.no_grad(), autocast(x, autocast_dtype):
+                yhat = model(x).argmax(1)
+            norm, inner = fallback.per_sample_terms(model, x, yhat, list(selected), g_L,
+                                                    chunk_size, autocast_dtype, cdtype)
+        else:
+            result = ghost_terms(model, x, selected, g_L, autocast_dtype, cdtype,
+                                 local_grad=params == "head")
+            if result is None:  # something after the classifier: build the graph everywhere
+                result = ghost_terms(model, x, selected, g_L, autocast_dtype, cdtype,
+                                     local_grad=False)
+            norm, inner, yhat, rest = result
+            if rest:
+                n2, i2 = fallback.per_sample_terms(model, x, yhat, rest, g_L, chunk_size,
+                                                   autocast_dtype, cdtype)
+                norm, inner = norm + n2, inner + i2
+    return norm + ip_weight * inner

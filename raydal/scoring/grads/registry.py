@@ -1,0 +1,113 @@
+"""The per-layer gradient rule registry (a seam like opacus's ``register_grad_sampler``) and the
+small contractions every rule shares.
+
+A rule turns a layer's input A (B, ...) and its output gradient G (B, ...) into each parameter's
+per-sample squared gradient norm and inner product with g_L, without a per-sample gradient
+matrix for the whole network.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+# (per-sample squared norms (B,), per-sample inner products with g_L (B,) or None)
+Terms = tuple[torch.Tensor, "torch.Tensor | None"]
+# rule(module, A, G, wanted) -> one Terms per parameter; wanted: {short parameter name: that
+# parameter's g_L slice, or None when no inner product is needed}
+Rule = Callable[[nn.Module, torch.Tensor, torch.Tensor, dict], Iterable[Terms]]
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """A registered rule. params: the short parameter names it covers. tap: name of a child
+    module whose INPUT is the layer's output (timm's norm+act modules apply dropout and the
+    activation inside; G is taken there), None for the module's own output. applies(module):
+    False sends a module to the fallback; it may raise ValueError for a module whose per-sample
+    gradients are undefined."""
+
+    rule: Rule
+    params: tuple[str, ...]
+    tap: str | None
+    applies: Callable[[nn.Module], bool] | None
+
+
+_RULES: dict[type, RuleSpec] = {}
+
+
+def register_rule(*module_types: type, params: tuple[str, ...] = ("weight", "bias"),
+                  tap: str | None = None,
+                  applies: Callable[[nn.Module], bool] | None = None) -> Callable[[Rule], Rule]:
+    """Decorator registering ``rule(module, a, g, wanted)`` for the given module types.
+
+    a: the module's input (B, ...); g: the gradient of the summed loss w.r.t. its output (B, ...)
+    (float32, or float64 for float64 models); wanted: {name in params: g_L slice shaped like the
+    parameter, or None}. The rule returns, for each wanted parameter, the pair ((B,) squared
+    norms of the per-sample gradients, (B,) their inner products with the g_L slice, or None when
+    the slice is None). A module of a registered type, or of a subclass that does not override
+    ``forward``, uses the rule; one that overrides ``forward`` has other maths and falls back
+    to vmap. Registering a type again replaces its rule. Example::
+
+        @register_rule(MyScale, params=("gain",))
+        def my_scale(module, a, g, wanted):
+            per_sample = (g * a * 2 * module.gain.view(1, -1, 1, 1)).sum((2, 3))  # (B, C)
+            return [flat_terms(per_sample, wanted["gain"])]
+    """
+    if not module_types or not all(isinstance(t, type) and issubclass(t, nn.Module)
+                                   for t in module_types):
+        raise TypeError(f"register_rule needs nn.Module subclasses, got {module_types!r}")
+    if isinstance(params, str) or not params:
+        raise TypeError(f"params must be a non-empty tuple of parameter names, got {params!r}")
+
+    def decorator(rule: Rule) -> Rule:
+        for t in module_types:
+            _RULES[t] = RuleSpec(rule, tuple(params), tap, applies)
+        return rule
+    return decorator
+
+
+def rule_for(module: nn.Module) -> RuleSpec | None:
+    """The rule of the nearest registered class in the module's MRO whose ``forward`` the module
+    still uses, or None."""
+    if "timm" in sys.modules:  # timm's layers get rules once a timm model can exist
+        from raydal.scoring.grads import timm_layers  # noqa: F401
+    forward = type(module).forward
+    for cls in type(module).__mro__:
+        spec = _RULES.get(cls)
+        if spec is not None:
+            if cls.forward is not forward:
+                return None
+            if spec.applies is not None and not spec.applies(module):
+                return None
+            return spec
+    return None
+
+
+# --- contractions shared by the rules ------------------------------------------------------------
+
+def flat_terms(per_sample: torch.Tensor, v: torch.Tensor | None) -> Terms:
+    """per_sample (B, ...) gradients, v (...) -> ((B,) squared norms, (B,) <., v> or None)."""
+    flat = per_sample.reshape(per_sample.shape[0], -1)
+    # vector_norm is one vectorised pass; square().sum() makes two
+    return torch.linalg.vector_norm(flat, dim=1).square(), \
+        (flat @ v.reshape(-1) if v is not None else None)
+
+
+def dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(B, ...) x (B, ...) -> (B,) per-sample inner products."""
+    return torch.einsum("bi,bi->b", x.flatten(1), y.flatten(1))  # one pass, no B x ... product
+
+
+def gram_norm(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """||sum_t g_t u_t^T||^2 = <u u^T, g g^T> per sample; g (B, [n,] T, o), u (B, [n,] T, i)."""
+    return dot(u @ u.transpose(-1, -2), g @ g.transpose(-1, -2))
+
+
+def use_gram(t: int, o: int, i: int) -> bool:
+    """Gram form (~T^2 (o+i) flops, B x T x T memory) or materialised per-sample weight gradient
+    (~T o i flops, B x o x i memory) for a weight (o, i) used at T positions: the cheaper one
+    (Bu et al.'s mixed ghost norm); the crossover was measured at about T (o + i) = o i."""
+    return t * (o + i) <= o * i

@@ -309,3 +309,72 @@ def test_strategy_matches_function():
 def test_option_validation(options, message):
     with pytest.raises(ValueError, match=message):
         create_strategy("dynamicAL", **options)
+
+
+class Cube(torch.autograd.Function):
+    """x ** 3 as an old-style custom autograd.Function: torch.func.vmap cannot run it."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x ** 3
+
+    @staticmethod
+    def backward(ctx, g):
+        x, = ctx.saved_tensors
+        return 3 * x ** 2 * g
+
+
+class CustomFunctionNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.scale = nn.Conv2d(1, 4, 3, padding=1), Scale(4)
+        self.fc = nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x):
+        return self.fc(Cube.apply(self.scale(torch.tanh(self.conv(x)))).flatten(1))
+
+
+def test_custom_autograd_function_falls_back_to_an_exact_loop(caplog):
+    """A parameter without a rule in a model vmap cannot run: per-sample autograd loop, exact,
+    with a warning that says so (both methods)."""
+    torch.manual_seed(0)
+    model = CustomFunctionNet().double()
+    x = torch.randn(5, 1, 8, 8, dtype=torch.float64)
+    lx, ly = torch.randn(4, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (4,))
+    g_L = labeled_gradient(model, lx, ly)
+    expected = naive_scores(model, x, g_L, list(g_L))
+    with caplog.at_level(logging.WARNING, logger="raydal"):
+        assert_close(dynamical_scores(model, x, g_L=g_L, chunk_size=2), expected)
+        assert_close(dynamical_scores(model, x, g_L=g_L, method="vmap", chunk_size=2), expected)
+    loop = [r.getMessage() for r in caplog.records if "autograd loop" in r.getMessage()]
+    assert len(loop) == 1 and "CustomFunctionNet" in loop[0] and "exact" in loop[0], loop
+
+
+def test_register_rule_covers_a_custom_layer(monkeypatch):
+    """A user's rule replaces the fallback for its type and is exact; a subclass that overrides
+    forward does not inherit it."""
+    monkeypatch.setattr(grads.registry, "_RULES", dict(grads.registry._RULES))
+
+    @grads.register_rule(Scale, params=("gain",))
+    def scale_terms(m, a, g, wanted):
+        per_sample = (g * a * 2 * m.gain.view(1, -1, 1, 1)).sum((2, 3))  # (B, C)
+        return [grads.flat_terms(per_sample, wanted["gain"])]
+
+    class Cubed(Scale):
+        def forward(self, x):
+            return x * self.gain.view(1, -1, 1, 1) ** 3
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), Scale(4), nn.Tanh(), nn.Flatten(),
+                          nn.Linear(4 * 8 * 8, 10)).double()
+    x = torch.randn(5, 1, 8, 8, dtype=torch.float64)
+    g_L = labeled_gradient(model, x[:3], torch.tensor([0, 1, 2]))
+    expected = naive_scores(model, x, g_L, list(g_L))
+    with monkeypatch.context() as patch:
+        patch.setattr(grads.fallback, "per_sample_terms",
+                      lambda *a: pytest.fail(f"fallback used: {a[3]}"))
+        assert_close(dynamical_scores(model, x, g_L=g_L), expected)
+    assert grads.registry.rule_for(Cubed(4)) is None and grads.registry.rule_for(Scale(4))
+    with pytest.raises(TypeError, match="nn.Module subclasses"):
+        grads.register_rule(int)

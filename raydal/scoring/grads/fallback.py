@@ -37,9 +37,9 @@ def per_sample_terms(model, x, yhat, names, g_L, chunk_size, autocast_dtype, cdt
                     use_loop = True
                     warn_once(f"loop:{type(model).__qualname__}", "dynamicAL: torch.func.vmap "
                               "cannot run %s (%s); using a per-sample autograd loop for %d "
-                              "parameters instead: exact, but about one training step per "
-                              "sample", type(model).__name__, str(err).splitlines()[0][:200],
-                              len(names))
+                              "parameter(s) instead: exact, but one batch-of-1 training "
+                              "step per sample", type(model).__name__,
+                              str(err).splitlines()[0][:200], len(names))
             if use_loop:
                 grads = _loop_grads(loss_one, sub, x[sl], yhat[sl])
             for n, g in grads.items():

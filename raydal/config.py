@@ -4,6 +4,7 @@ Every error names the field, the bad value and what is expected, and arrives bef
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -69,6 +70,34 @@ class ModelConfig(_Section):
     channel_mismatch: Literal["convert", "skip"] = Field(
         "convert", description="images whose channel count differs from in_chans: convert "
         "(grayscale <-> RGB) or skip them (counted and listed in the round's record)")
+    pretrained_file: str | None = Field(
+        None, description="local timm/safetensors weight file (loaded by timm, classifier "
+        "re-created for the data set's classes; nothing is downloaded); null: random weights")
+    freeze: Literal["none", "backbone"] | list[str] = Field(
+        "none", description="none; backbone (train the classifier only: a linear probe); or a "
+        "list of parameter-name prefixes to keep fixed. dynamicAL scores trainable ones only")
+
+    @field_validator("pretrained_file")
+    @classmethod
+    def _weights_exist(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).expanduser().is_file():
+            raise ValueError(f"{v!r} is not a file; give a local .safetensors/.pth weight file "
+                             "(e.g. saved with safetensors.torch.save_file(model.state_dict(), "
+                             "path)) or null for random weights")
+        return None if v is None else str(Path(v).expanduser().resolve())
+
+    @field_validator("freeze")
+    @classmethod
+    def _prefixes(cls, v):
+        if isinstance(v, list) and (not v or not all(isinstance(p, str) and p for p in v)):
+            raise ValueError(f"got {v!r}; expected 'none', 'backbone' or a non-empty list of "
+                             "parameter-name prefixes such as ['conv1', 'layer1']")
+        return v
+
+    def spec(self, num_classes: int):
+        """The runtime ``ModelSpec``: every field of this section plus the data's class count."""
+        from raydal.models import ModelSpec
+        return ModelSpec.from_dict({**self.model_dump(mode="json"), "num_classes": num_classes})
 
     @field_validator("name")
     @classmethod
@@ -123,6 +152,11 @@ class TrainingConfig(_Section):
     checkpoint_every: int = Field(0, ge=0, description="epochs between mid-round checkpoints "
                                   "a restarted worker group resumes from (0: end only)")
     max_failures: int = Field(1, ge=0, description="Ray Train worker-group restarts")
+
+    def settings(self, seed: int):
+        """The runtime ``TrainSettings``: every field of this section plus the round's seed."""
+        from raydal.train import TrainSettings
+        return TrainSettings(**self.model_dump(), seed=seed)
 
 
 class RayConfig(_Section):

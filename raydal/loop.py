@@ -34,7 +34,6 @@ from raydal.pool import Pool
 from raydal.scoring.base import create_strategy
 from raydal.storage import (atomic_write_bytes, atomic_write_json, atomic_write_parquet,
                             fault_point, read_json, read_table, run_dir_lock)
-from raydal.train import TrainSettings
 
 #: Config sections that must not change when a run is resumed (they define what was bought).
 _FIXED_ON_RESUME = ("seed", "data", "model", "strategy")
@@ -163,9 +162,7 @@ class ActiveLoop:
             atomic_write_json(record, key)
 
     def model_spec(self, num_classes: int) -> ModelSpec:
-        m = self.config.model
-        return ModelSpec(m.name, num_classes, m.in_chans, m.img_size, tuple(m.mean),
-                         tuple(m.std), dict(m.kwargs), m.channel_mismatch)
+        return self.config.model.spec(num_classes)
 
     def _set_state(self, r: int, phase: str) -> None:
         atomic_write_json(self.run_dir / "state.json", {
@@ -227,9 +224,7 @@ class ActiveLoop:
         labels = self.labels.labels()
         warm = self.checkpoint_path(r - 1) if cfg.loop.warm_start and r > 0 else None
         (self.run_dir / "ray_train").delete()  # a killed run's leftovers
-        settings = TrainSettings(t.epochs, t.batch_size, t.lr, t.weight_decay, t.num_workers,
-                                 t.cpus_per_worker, t.use_gpu, seed=cfg.seed + r,
-                                 checkpoint_every=t.checkpoint_every, max_failures=t.max_failures)
+        settings = t.settings(seed=cfg.seed + r)
         m = train_round(self.model_spec(data.num_classes), data.pool, labels, data.test,
                         settings, ckpt, warm, self.run_dir / "ray_train", progress=cfg.progress,
                         fault_name=f"train-{r}")

@@ -1,4 +1,5 @@
-"""timm model factory and safetensors checkpoints.
+"""timm model factory (random or local pretrained weights, frozen parts) and safetensors
+checkpoints.
 
 A checkpoint is a folder ``model.safetensors`` + ``meta.json`` (the ModelSpec and anything the
 caller adds), local or at a URI (``s3://bucket/run/checkpoints/round-0001``). It is written
@@ -32,6 +33,8 @@ class ModelSpec:
     std: tuple[float, ...] = (0.5,)
     kwargs: dict[str, Any] = field(default_factory=dict)
     channel_mismatch: str = "convert"
+    pretrained_file: str | None = None  # local timm/safetensors weights, read by timm itself
+    freeze: str | tuple[str, ...] = "none"  # "none", "backbone" or parameter-name prefixes
 
     @property
     def input_spec(self) -> InputSpec:
@@ -41,22 +44,112 @@ class ModelSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if not isinstance(self.freeze, str):
+            d["freeze"] = list(self.freeze)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
         d = dict(d)
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
-        return cls(**d)
+        if not isinstance(d.get("freeze", "none"), str):
+            d["freeze"] = tuple(d["freeze"])
+        return cls(**d)  # a checkpoint older than a field gets the field's default
 
 
-def create_model(spec: ModelSpec, seed: int | None = None) -> torch.nn.Module:
-    """A randomly initialised timm model (never downloads weights)."""
+def create_model(spec: ModelSpec, seed: int | None = None, pretrained: bool = True
+                 ) -> torch.nn.Module:
+    """The timm model of ``spec`` with its frozen parameters marked (``requires_grad=False``).
+
+    With ``spec.pretrained_file`` and ``pretrained``, timm loads that local file through its
+    ``pretrained_cfg_overlay`` (adapting the input conv to ``in_chans``) and re-creates the
+    classifier for ``num_classes`` when the file's has another size; otherwise the weights are
+    random. Nothing is ever downloaded. Pass ``pretrained=False`` when weights from a checkpoint
+    replace them anyway.
+    """
     import timm  # here, not at the top: scoring actors of plain torch modules never need it
     if seed is not None:
         torch.manual_seed(seed)
-    return timm.create_model(spec.name, pretrained=False, num_classes=spec.num_classes,
-                             in_chans=spec.in_chans, **spec.kwargs)
+    use_file = bool(pretrained and spec.pretrained_file)
+    if use_file and not Path(spec.pretrained_file).is_file():
+        raise FileNotFoundError(f"model.pretrained_file: {spec.pretrained_file} is not a file on "
+                                "this machine; give a local timm/safetensors weight file that "
+                                "every Ray node can read, or null for random weights")
+    extra = {"pretrained_cfg_overlay": _file_overlay(spec)} if use_file else {}
+    model = timm.create_model(spec.name, pretrained=use_file, num_classes=spec.num_classes,
+                              in_chans=spec.in_chans, **extra, **spec.kwargs)
+    return apply_freeze(model, spec.freeze)
+
+
+def _file_overlay(spec: ModelSpec) -> dict[str, Any]:
+    """timm's pretrained_cfg overlay for a local file: the file as the only source, and the
+    classifier size the file really has (read from a safetensors header), so that timm keeps the
+    file's classifier when it fits ``num_classes`` and re-creates it when not."""
+    import timm
+    from safetensors import safe_open
+    overlay: dict[str, Any] = {"file": str(spec.pretrained_file), "source": None}
+    cfg = timm.models.get_pretrained_cfg(spec.name)
+    heads = getattr(cfg, "classifier", None)
+    heads = (heads,) if isinstance(heads, str) else tuple(heads or ())
+    if heads and str(spec.pretrained_file).endswith(".safetensors"):
+        with safe_open(str(spec.pretrained_file), "pt") as f:
+            key = f"{heads[0]}.weight"
+            if key in f.keys():
+                overlay["num_classes"] = f.get_slice(key).get_shape()[0]
+    return overlay
+
+
+def frozen_names(model: torch.nn.Module, freeze: str | tuple[str, ...] | list[str]) -> set[str]:
+    """Names of the parameters that ``freeze`` keeps fixed.
+
+    freeze: "none"; "backbone" (all but the classifier, ``model.get_classifier()``); or
+    parameter-name prefixes ("stem", "layer1.0"), each matching a name or a dotted parent of it.
+    """
+    names = [n for n, _ in model.named_parameters()]
+    if freeze == "none":
+        return set()
+    if freeze == "backbone":
+        head = model.get_classifier() if callable(getattr(model, "get_classifier", None)) else None
+        keep = {id(p) for p in head.parameters()} if isinstance(head, torch.nn.Module) else set()
+        if not keep:
+            raise ValueError(f"model.freeze: 'backbone' needs a classifier with parameters "
+                             f"(timm's get_classifier()); {type(model).__name__} has none. "
+                             "List the prefixes to freeze instead")
+        return {n for n, p in model.named_parameters() if id(p) not in keep}
+    if isinstance(freeze, str):
+        raise ValueError(f"model.freeze: got {freeze!r}; expected 'none', 'backbone' or a list "
+                         "of parameter-name prefixes")
+    out = set()
+    for prefix in freeze:
+        hit = {n for n in names if n == prefix or n.startswith(prefix + ".")}
+        if not hit:
+            tops = sorted({n.split(".")[0] for n in names})
+            raise ValueError(f"model.freeze: prefix {prefix!r} matches no parameter of "
+                             f"{type(model).__name__}; its top-level modules are {tops}")
+        out |= hit
+    return out
+
+
+def apply_freeze(model: torch.nn.Module, freeze: str | tuple[str, ...] | list[str]
+                 ) -> torch.nn.Module:
+    """Set ``requires_grad=False`` on the parameters ``freeze`` names; returns the model."""
+    frozen = frozen_names(model, freeze)
+    for n, p in model.named_parameters():
+        p.requires_grad_(n not in frozen)
+    return model
+
+
+def train_mode(model: torch.nn.Module) -> torch.nn.Module:
+    """``model.train()``, except that norm layers whose parameters are all frozen stay in eval
+    mode: their running statistics stay fixed, so a frozen backbone computes the same function
+    in every epoch (the linear-probe regime)."""
+    model.train()
+    for m in model.modules():
+        own = list(m.parameters(recurse=False))
+        if own and not any(p.requires_grad for p in own) and \
+                getattr(m, "running_mean", None) is not None:
+            m.eval()
+    return model
 
 
 def save_checkpoint(model: torch.nn.Module, spec: ModelSpec, path: Where,
@@ -95,6 +188,6 @@ def load_checkpoint(path: Where, device: str | torch.device = "cpu"
     """Rebuild the model of a checkpoint folder and load its safetensors weights."""
     weights = load_weights(path, device)
     spec = ModelSpec.from_dict(read_checkpoint_meta(path)["spec"])
-    model = create_model(spec)
+    model = create_model(spec, pretrained=False)
     model.load_state_dict(weights)
     return model.to(device), spec

@@ -21,7 +21,7 @@ import torch
 
 from raydal.fs import Where, resolve
 from raydal.models import (ModelSpec, create_model, load_checkpoint, load_weights,
-                           read_checkpoint_meta, save_checkpoint)
+                           read_checkpoint_meta, save_checkpoint, train_mode)
 from raydal.pool import Pool
 from raydal.storage import fault_point
 from raydal.transforms import InputSpec, decode_rows, to_model_input
@@ -83,9 +83,11 @@ def _train_func(config: dict) -> None:
     spec = ModelSpec.from_dict(config["spec"])
     s = TrainSettings(**config["settings"])
     torch.manual_seed(s.seed)
-    model = create_model(spec, seed=s.seed)
-    start_epoch = 0
     restored = ray.train.get_checkpoint()
+    # pretrained weights only for a fresh start: a checkpoint's weights replace them anyway
+    model = create_model(spec, seed=s.seed,
+                         pretrained=restored is None and not config["init_checkpoint"])
+    start_epoch = 0
     if restored is not None:  # restarted after a worker failure: continue from the last report
         with restored.as_directory() as d:
             model.load_state_dict(load_weights(d))
@@ -94,7 +96,8 @@ def _train_func(config: dict) -> None:
         model.load_state_dict(load_weights(config["init_checkpoint"]))
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
-    opt = torch.optim.Adam(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=s.lr,
+                           weight_decay=s.weight_decay)
     loss_fn = torch.nn.CrossEntropyLoss()
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
@@ -102,7 +105,7 @@ def _train_func(config: dict) -> None:
     tracker = config["tracker"][0] if rank == 0 else None
     loss_sum, seen = 0.0, 0
     for epoch in range(start_epoch, s.epochs):
-        model.train()
+        train_mode(model)
         loss_sum, seen = 0.0, 0
         for batch in train_shard.iter_torch_batches(
                 batch_size=s.batch_size, local_shuffle_buffer_size=4096,

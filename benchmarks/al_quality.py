@@ -1,33 +1,42 @@
-"""Active-learning quality on Fashion-MNIST: test accuracy versus number of labels, per strategy.
+"""Active-learning quality: test accuracy versus labels, per strategy, on paired seeds.
 
-Protocol (the same for every strategy):
+A regime file (``benchmarks/regimes/*.yaml``) says everything that defines an experiment: data
+set, pool size, initial labels, query size, rounds, seeds, strategies, model and training recipe.
+
+Protocol (the same for every strategy of a regime):
   - data: the Debian package's original Fashion-MNIST files, imported with
-    ``raydal.datasets.prepare_dataset``; a fixed random subsample of the training split is the
-    pool (``--pool-size``), a fixed random subsample of the test split the evaluation set
-    (``--test-size``, only ever used to report accuracy: nothing is tuned on it).
-  - per seed: one initial labeled set (``--initial`` uniform picks), shared by every strategy;
-    then ``--rounds`` rounds of ``--budget`` picks.
-  - training: timm ``test_resnet`` (in_chans=1, 32 px, random init), Adam 1e-3, batch 64,
-    ``--steps`` optimizer steps per round (= ceil(steps / batches per epoch) epochs), RETRAINED
-    FROM SCRATCH every round with an init seeded by (seed, round), so strategies differ only by
-    their labels; ``--warm-start`` starts each round from the last weights instead (a new Adam
-    each round, as the dynamicAL reference code does). The model that selects is the one just trained.
-  - selection runs in-process with the registered Strategy objects (score + ``raydal.merge.top_k``,
-    or a SetStrategy's embed + pick on the whole pool: the exact single-process algorithm).
-    ``raydal.select`` gives the same top-b for score strategies; for set strategies the
-    distributed approximation is measured here (``approximation`` in the JSON) by replaying it
-    with ``raydal.scoring.diversity.sharded_pick`` at the first selection round.
-  - metric: area under the accuracy-vs-labels curve (trapezoid, divided by the label range:
-    a mean accuracy in %), mean ± std over seeds.
+    ``raydal.datasets.prepare_dataset``; the pool is the training split (or a fixed subsample of
+    ``pool_size``), the test split (or ``test_size`` of it) is only ever used to report accuracy.
+  - paired seeds: seed s fixes the initial labeled set and the initialisation of every round's
+    model, shared by every strategy, so strategies differ only by the labels they pick.
+  - training (``training:``): Adam, a fresh init each round (or ``warm_start``), epochs until the
+    running training accuracy of an epoch reaches ``stop_train_accuracy`` (after
+    ``min_epochs``, at most ``max_epochs``). The epochs and the final training accuracy of every
+    round are recorded: that is the convergence evidence. The model that selects is the one
+    just trained.
+  - selection runs in-process with the registered Strategy objects (score + exact top-k, or a
+    SetStrategy's embed + pick on the whole pool: the exact single-process algorithm).
+  - statistics (``raydal``-independent, in ``stats``): AUC = area under accuracy-vs-labels divided
+    by the label range (a mean accuracy in %); per strategy mean ± sd over seeds of AUC and final
+    accuracy; the paired per-seed difference against random and against entropy with a 95%
+    t interval; labels saved = labels a strategy needs to reach random's final accuracy (linear
+    interpolation of the seed-mean curve) as a share of random's.
+  - dynamicAL-family strategies also record diagnostics each round (``diagnose``).
 
-Strategies are names with options, e.g. ``dynamicAL:ip_weight=0`` or ``dynamicAL:params=head``.
+    python benchmarks/al_quality.py benchmarks/regimes/mid-budget.yaml
+    python benchmarks/al_quality.py benchmarks/regimes/mid-budget.yaml --quick   # smoke run
+    python benchmarks/al_quality.py --render benchmarks/results/al_quality_mid-budget.json
 
-    python benchmarks/al_quality.py [--quick] [--seeds 3] [--rounds 5] [--pool-size 5000]
+Results go to benchmarks/results/al_quality_<regime>.{json,md,png}; ``--quick`` writes under
+/tmp/raydal-bench/quick unless ``--out`` says otherwise, so it never overwrites committed results.
+A run that is stopped resumes from its JSON (finished (seed, strategy) runs are kept).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import platform
 import time
 from pathlib import Path
@@ -36,87 +45,170 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
+import yaml
 
 from raydal.datasets import prepare_dataset
 from raydal.merge import top_k
 from raydal.models import ModelSpec, create_model
 from raydal.pool import Pool
 from raydal.scoring import create_strategy
-from raydal.scoring.diversity import (SetStrategy, k_center_cost, k_means_cost, badge_gram,
-                                      sharded_pick)
+from raydal.stats import auc, labels_to_reach, mean_sd, paired_interval
+from raydal.scoring.diagnostics import diagnose
+from raydal.scoring.diversity import SetStrategy
+from raydal.scoring.batch_dynamical import DynamicALBatch
+from raydal.scoring.dynamical import DynamicAL
 from raydal.transforms import decode_rows, to_model_input
 
-STRATEGIES = ["random", "entropy", "margin", "least_confidence", "badge", "coreset", "dynamicAL"]
-SPEC = ModelSpec(name="test_resnet", num_classes=10, in_chans=1, img_size=32)
 HERE = Path(__file__).resolve().parent
+QUICK_DIR = Path("/tmp/raydal-bench/quick")
 
 
+# ---- the regime: data, not code -----------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Training:
+    """Adam at ``lr``, ``batch_size``; epochs until the running training accuracy of an epoch
+    reaches ``stop_train_accuracy`` (checked from ``min_epochs`` on), at most ``max_epochs``."""
+
+    lr: float = 1e-3
+    batch_size: int = 64
+    min_epochs: int = 5
+    max_epochs: int = 60
+    stop_train_accuracy: float = 0.99
+    warm_start: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Regime:
+    name: str
+    dataset: str = "fashion-mnist"
+    pool_size: int | None = None
+    test_size: int | None = None
+    initial: int = 1000
+    query: int = 1000
+    rounds: int = 4
+    seeds: int = 3
+    strategies: tuple[str, ...] = ("random", "entropy", "margin", "least_confidence", "badge",
+                                   "coreset", "dynamicAL")
+    model: dict = dataclasses.field(default_factory=lambda: {"name": "test_resnet",
+                                                             "img_size": 32})
+    training: Training = Training()
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "regime") -> "Regime":
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in d:
+            if key not in known:
+                raise ValueError(f"{where}: unknown field {key!r}; expected one of {sorted(known)}")
+        train = d.pop("training", {}) or {}
+        tknown = {f.name for f in dataclasses.fields(Training)}
+        for key in train:
+            if key not in tknown:
+                raise ValueError(f"{where}: unknown field training.{key}; expected one of "
+                                 f"{sorted(tknown)}")
+        r = cls(**{**d, "strategies": tuple(d.get("strategies", cls.strategies)),
+                   "training": Training(**train)})
+        for key in ("initial", "query", "rounds", "seeds"):
+            if not isinstance(getattr(r, key), int) or getattr(r, key) < 1:
+                raise ValueError(f"{where}: {key} must be a positive int, got {getattr(r, key)!r}")
+        t = r.training
+        if not 0 < t.stop_train_accuracy <= 1 or not 1 <= t.min_epochs <= t.max_epochs:
+            raise ValueError(f"{where}: training needs 0 < stop_train_accuracy <= 1 and "
+                             f"1 <= min_epochs <= max_epochs, got {t}")
+        return r
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Regime":
+        return cls.from_dict(yaml.safe_load(Path(path).read_text()), where=str(path))
+
+    def spec(self) -> ModelSpec:
+        return ModelSpec(num_classes=10, in_chans=1, **self.model)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def quick(r: Regime) -> Regime:
+    """A smoke version of a regime: tiny pool, 1 seed, 2 rounds, few epochs."""
+    return dataclasses.replace(
+        r, pool_size=min(r.pool_size or 60000, 1000), test_size=500, seeds=1, rounds=2,
+        initial=min(r.initial, 50), query=min(r.query, 25),
+        training=dataclasses.replace(r.training, min_epochs=1, max_epochs=3))
+
+
+# ---- data, training, evaluation -----------------------------------------------------------------
 def parse_strategy(text: str, seed: int):
-    """'name' or 'name:key=value,...' -> Strategy (random and badge get the run's seed)."""
+    """'name' or 'name:key=value,...' -> Strategy (strategies with a seed get the run's seed)."""
     name, _, rest = text.partition(":")
     options = {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
         options[key] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
-    if name in ("random", "badge"):
-        options.setdefault("seed", seed)
-    return create_strategy(name, **options)
+    strategy = create_strategy(name, **options)
+    if "seed" in strategy.options() and "seed" not in options:
+        strategy = create_strategy(name, **options, seed=seed)
+    return strategy
 
 
 def decode(table, spec) -> torch.Tensor:
     arr, ok, bad = decode_rows(table.column("image").to_pylist(), None, spec.input_spec)
     if bad:
-        raise RuntimeError(f"{len(bad)} unreadable images in Fashion-MNIST: {bad[:1]}")
+        raise RuntimeError(f"{len(bad)} unreadable images in the data set: {bad[:1]}")
     return to_model_input(arr, spec.input_spec)
 
 
-def load_data(data_dir: Path, pool_size: int, test_size: int):
-    """Decoded (pool ids, pool x, pool y, test x, test y); subsamples fixed by seed 0."""
-    prepare_dataset("fashion-mnist", data_dir)
+def load_data(r: Regime, data_dir: Path):
+    """Decoded (pool ids (N,) str sorted, pool x, pool y, test x, test y); subsamples fixed by
+    seed 0 whatever the experiment seed."""
+    prepare_dataset(r.dataset, data_dir)
+    spec = r.spec()
     rng = np.random.default_rng(0)
     truth = pq.read_table(data_dir / "truth.parquet").to_pydict()
-    chosen = sorted(rng.choice(len(truth["id"]), size=pool_size, replace=False).tolist())
-    ids = [truth["id"][i] for i in chosen]
+    n = len(truth["id"])
+    chosen = (sorted(rng.choice(n, size=r.pool_size, replace=False).tolist())
+              if r.pool_size and r.pool_size < n else range(n))
     label_of = dict(zip(truth["id"], truth["label"]))
-    table = Pool(data_dir / "pool.parquet").take(ids)
-    ids = table.column("id").to_pylist()
-    x = decode(table, SPEC)
+    table = Pool(data_dir / "pool.parquet").take([truth["id"][i] for i in chosen])
+    order = np.argsort(np.asarray(table.column("id").to_pylist(), dtype=str), kind="stable")
+    table = table.take(order)
+    ids = np.asarray(table.column("id").to_pylist(), dtype=str)
+    x = decode(table, spec)
     y = torch.tensor([label_of[i] for i in ids])
     test = pq.read_table(data_dir / "test.parquet")
-    pick = np.sort(rng.choice(test.num_rows, size=test_size, replace=False))
-    test = test.take(pick)
-    return (np.asarray(ids, dtype=str), x, y, decode(test, SPEC),
-            torch.tensor(test.column("label").to_pylist()))
+    if r.test_size and r.test_size < test.num_rows:
+        test = test.take(np.sort(rng.choice(test.num_rows, size=r.test_size, replace=False)))
+    return ids, x, y, decode(test, spec), torch.tensor(test.column("label").to_pylist())
 
 
-def train(x: torch.Tensor, y: torch.Tensor, steps: int, seed: int,
-          init: torch.nn.Module | None = None) -> torch.nn.Module:
-    """test_resnet (fresh, or warm-started from ``init``'s weights), a new Adam 1e-3 each call,
-    batch 64, ``steps`` steps over reshuffled epochs."""
-    model = create_model(SPEC, seed=seed)
+def train(x, y, recipe: Training, spec: ModelSpec, seed: int, init=None):
+    """A model trained on (x, y) by the recipe: returns (model in eval mode, epochs, running
+    training accuracy of the last epoch)."""
+    model = create_model(spec, seed=seed)
     if init is not None:
         model.load_state_dict(init.state_dict())
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
     gen = torch.Generator().manual_seed(seed)
     model.train()
-    done = 0
-    while done < steps:
-        for idx in torch.randperm(len(x), generator=gen).split(64):
-            if done == steps:
-                break
+    for epoch in range(1, recipe.max_epochs + 1):
+        correct = seen = 0
+        for idx in torch.randperm(len(x), generator=gen).split(recipe.batch_size):
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
             opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            out = model(x[idx])
+            F.cross_entropy(out, y[idx]).backward()
             opt.step()
-            done += 1
-    return model.eval()
+            correct += int((out.argmax(1) == y[idx]).sum())
+            seen += len(idx)
+        train_acc = correct / max(seen, 1)
+        if epoch >= recipe.min_epochs and train_acc >= recipe.stop_train_accuracy:
+            break
+    return model.eval(), epoch, train_acc
 
 
 @torch.no_grad()
-def accuracy(model, x, y) -> float:
-    pred = torch.cat([model(x[s:s + 512]).argmax(1) for s in range(0, len(x), 512)])
-    return float((pred == y).double().mean()) * 100
+def predict(model, x, size: int = 1024) -> torch.Tensor:
+    return torch.cat([model(x[s:s + size]) for s in range(0, len(x), size)])
 
 
 def batches(x, y, size=256):
@@ -124,176 +216,238 @@ def batches(x, y, size=256):
         yield x[s:s + size], y[s:s + size]
 
 
+def chunks(rows: np.ndarray, size: int = 512) -> list[np.ndarray]:
+    return np.array_split(rows, max(1, math.ceil(len(rows) / size)))
+
+
 def select_in_process(strategy, model, ids, x, y, labeled: np.ndarray, budget: int):
-    """Exact single-process selection of ``budget`` unlabeled ids (row indices), the context
-    and, for set strategies, the unlabeled rows' features (for the approximation check)."""
+    """Exact single-process selection of ``budget`` unlabeled rows: (row indices, context,
+    scores of the unlabeled rows or None for set strategies, unlabeled rows)."""
     context = (strategy.prepare(model, batches(x[labeled], y[labeled]))
                if strategy.needs_labeled else None)
     free = np.setdiff1d(np.arange(len(ids)), labeled)
+    if isinstance(strategy, DynamicALBatch):  # its pick keeps only the top m by score: embed
+        scores = np.concatenate([strategy.scores(model, x[rows], list(ids[rows]), context)
+                                 .numpy() for rows in chunks(free)])  # only those m
+        top = np.sort(free[np.argsort(-scores, kind="stable")[:strategy.num_candidates(budget)]])
+        feats = strategy.embed(model, x[top], list(ids[top]), context)
+        picked = strategy.pick(ids[top], feats, budget, context)
+        return np.searchsorted(ids, picked), context, scores, free
     if isinstance(strategy, SetStrategy):
         feats = np.concatenate([strategy.embed(model, x[rows], list(ids[rows]), context)
-                                for rows in np.array_split(free, max(1, len(free) // 512))])
+                                for rows in chunks(free)])
         picked = strategy.pick(ids[free], feats, budget, context)
-        return np.searchsorted(ids, picked), context, (ids[free], feats)
+        return np.searchsorted(ids, picked), context, None, free
     scores = torch.cat([strategy.score(model, x[rows], list(ids[rows]), context).double()
-                        for rows in np.array_split(free, max(1, len(free) // 512))])
-    top_ids, _ = top_k(ids[free], scores.numpy(), budget)
-    return np.searchsorted(ids, top_ids), context, None
+                        for rows in chunks(free)]).numpy()
+    top_ids, _ = top_k(ids[free], scores, budget)
+    return np.searchsorted(ids, top_ids), context, scores, free
 
 
-def approximation(strategy, pool, context, budget: int) -> dict:
-    """Exact pick vs the distributed scheme replayed (batches of 256; default driver bound and a
-    tight bound that forces driver reductions as on a large pool)."""
-    ids, feats = pool
-    exact = strategy.pick(ids, feats, budget, context)
-    out = {}
-    for label, max_rows in (("default_bound", None), ("tight_bound", 2 * budget)):
-        approx = sharded_pick(strategy, ids, feats, budget, context, 256, max_rows)
-        row = {"overlap": len(set(exact) & set(approx)) / budget}
-        rows = {i: k for k, i in enumerate(ids)}
-        if strategy.name == "coreset":
-            base = context if context is not None else feats[:0]
-            cost = [k_center_cost(feats, np.concatenate([base, feats[[rows[i] for i in p]]]))
-                    for p in (exact, approx)]
-            row["k_center_exact"], row["k_center_sharded"] = cost
-        else:
-            gram = badge_gram(int(feats[0, 0]))
-            cost = [k_means_cost(feats[:, 1:], feats[[rows[i] for i in p]][:, 1:], gram)
-                    for p in (exact, approx)]
-            row["k_means_exact"], row["k_means_sharded"] = cost
-        out[label] = row
-    return out
+# ---- one (seed, strategy) run --------------------------------------------------------------------
+def run_one(r: Regime, data, seed: int, name: str, diagnose_every: int = 1) -> dict:
+    ids, x, y, test_x, test_y = data
+    spec = r.spec()
+    strategy = parse_strategy(name, seed)
+    labeled = np.sort(np.random.default_rng(1000 + seed).choice(len(ids), r.initial,
+                                                                replace=False))
+    curve, t_run, t_sel, model = [], time.perf_counter(), 0.0, None
+    for rnd in range(r.rounds + 1):
+        t = time.perf_counter()
+        model, epochs, train_acc = train(x[labeled], y[labeled], r.training, spec,
+                                         seed=seed * 1000 + rnd,
+                                         init=model if r.training.warm_start else None)
+        t_train = time.perf_counter() - t
+        pred = predict(model, test_x).argmax(1)
+        point = {"labels": int(len(labeled)), "accuracy": float((pred == test_y).double().mean())
+                 * 100, "epochs": epochs, "train_accuracy": train_acc,
+                 "train_seconds": round(t_train, 2)}
+        curve.append(point)
+        if rnd == r.rounds:
+            break
+        t = time.perf_counter()
+        new, context, scores, free = select_in_process(strategy, model, ids, x, y, labeled,
+                                                       r.query)
+        point["select_seconds"] = round(time.perf_counter() - t, 2)
+        t_sel += point["select_seconds"]
+        point["picks_per_class"] = np.bincount(y[new].numpy(), minlength=10).tolist()
+        if rnd % diagnose_every == 0:
+            dyn = isinstance(strategy, (DynamicAL, DynamicALBatch))
+            point["diagnostics"] = diagnose(
+                model, x, y, free, new, g_L=context if dyn else None,
+                ip_weight=strategy.ip_weight if dyn else None,
+                params=strategy.params if dyn else "all", seed=seed * 1000 + rnd)
+        if len(set(new.tolist()) | set(labeled.tolist())) != len(labeled) + len(new):
+            raise AssertionError(f"{name} picked a labeled or duplicate row")
+        labeled = np.sort(np.concatenate([labeled, new]))
+    return {"strategy": name, "seed": seed, "curve": curve, "auc": auc([c["labels"] for c in curve], [c["accuracy"] for c in curve]),
+            "seconds": round(time.perf_counter() - t_run, 1), "selection_seconds": round(t_sel, 1)}
 
 
-def run(args, save=lambda result: None) -> dict:
-    """The whole benchmark; ``save`` gets the partial result after every (seed, strategy) run."""
-    torch.set_num_threads(args.threads)
+# ---- the whole benchmark -------------------------------------------------------------------------
+def run(r: Regime, out: Path, data_dir: Path, threads: int, only: list[str] | None = None,
+        seeds: list[int] | None = None, by_strategy: bool = False) -> dict:
+    """Every (seed, strategy) run not yet in ``out``; the JSON is rewritten after each."""
+    torch.set_num_threads(threads)
+    old = json.loads(out.read_text()) if out.exists() else None
+    if old is not None and old["regime"] != json.loads(json.dumps(r.to_dict())):
+        raise SystemExit(f"{out} holds results of another regime definition; pass --out "
+                         "elsewhere or delete it")
+    result = old or {"regime": r.to_dict(), "runs": [], "seconds": 0.0}
+    done = {(x["seed"], x["strategy"]) for x in result["runs"]}
     t0 = time.perf_counter()
-    ids, x, y, test_x, test_y = load_data(Path(args.data_dir), args.pool_size, args.test_size)
-    print(f"data: pool {len(ids)}, test {len(test_y)} ({time.perf_counter() - t0:.0f} s)",
-          flush=True)
-    runs, approx = [], []
-    for seed in range(args.seeds):
-        initial = np.sort(np.random.default_rng(1000 + seed).choice(len(ids), args.initial,
-                                                                    replace=False))
-        for name in args.strategies:
-            strategy = parse_strategy(name, seed)
-            labeled = initial
-            curve, t_run, t_sel = [], time.perf_counter(), 0.0
-            model = None
-            for r in range(args.rounds + 1):
-                model = train(x[labeled], y[labeled], args.steps, seed=seed * 1000 + r,
-                              init=model if args.warm_start else None)
-                curve.append({"labels": int(len(labeled)),
-                              "accuracy": accuracy(model, test_x, test_y)})
-                if r == args.rounds:
-                    break
-                t = time.perf_counter()
-                new, context, pool = select_in_process(strategy, model, ids, x, y, labeled,
-                                                       args.budget)
-                t_sel += time.perf_counter() - t
-                if pool is not None and r == 0:
-                    approx.append({"strategy": name, "seed": seed,
-                                   **approximation(strategy, pool, context, args.budget)})
-                assert len(set(new.tolist()) | set(labeled.tolist())) == len(labeled) + len(new)
-                labeled = np.sort(np.concatenate([labeled, new]))
-            runs.append({"strategy": name, "seed": seed, "curve": curve,
-                         "auc": auc(curve), "seconds": time.perf_counter() - t_run,
-                         "selection_seconds": t_sel})
-            save(partial(args, runs, approx, t0))
-            print(f"seed {seed} {name:>20}: auc {runs[-1]['auc']:.2f}  final "
-                  f"{curve[-1]['accuracy']:.1f}%  ({runs[-1]['seconds']:.0f} s)", flush=True)
-    return partial(args, runs, approx, t0)
+    data = load_data(r, data_dir)
+    print(f"[{r.name}] data: pool {len(data[0])}, test {len(data[4])} "
+          f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    pairs = [(seed, name) for seed in (seeds if seeds is not None else range(r.seeds))
+             for name in only or r.strategies]
+    if by_strategy:  # every seed of a strategy before the next strategy
+        order = list(dict.fromkeys(name for _, name in pairs))
+        pairs.sort(key=lambda p: order.index(p[1]))
+    for seed, name in pairs:
+        if (seed, name) in done:
+            continue
+        one = run_one(r, data, seed, name)
+        result["runs"].append(one)
+        result["seconds"] += one["seconds"]
+        result["host"] = {"platform": platform.platform(), "torch": torch.__version__,
+                          "threads": threads}
+        write_json(out, result)
+        c = one["curve"]
+        print(f"[{r.name}] seed {seed} {name:>24}: auc {one['auc']:.2f} final "
+              f"{c[-1]['accuracy']:.2f}% epochs {[p['epochs'] for p in c]} "
+              f"({one['seconds']:.0f} s)", flush=True)
+    return result
 
 
-def partial(args, runs: list, approx: list, t0: float) -> dict:
-    return {"config": vars(args), "model": SPEC.to_dict(), "runs": runs,
-            "approximation": approx, "seconds": time.perf_counter() - t0,
-            "host": {"platform": platform.platform(), "torch": torch.__version__,
-                     "threads": args.threads}}
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
 
 
-def auc(curve: list[dict]) -> float:
-    """Area under accuracy (%) vs labels, divided by the label range: a mean accuracy in %."""
-    n = np.array([c["labels"] for c in curve], dtype=float)
-    a = np.array([c["accuracy"] for c in curve])
-    return float(np.trapezoid(a, n) / (n[-1] - n[0])) if len(n) > 1 else float(a[0])
+def fmt_interval(m: float, lo: float, hi: float) -> str:
+    star = "*" if lo > 0 or hi < 0 else ""
+    return f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]{star}"
 
 
-def mean_std(v: np.ndarray) -> str:
-    return f"{v.mean():.2f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f}"
+def report(result: dict) -> str:
+    """Markdown: per strategy (best mean AUC first) mean ± sd of AUC and final accuracy, the
+    paired difference against random and entropy (95% t interval; * = excludes 0), labels to
+    reach random's final accuracy as a share of random's, and the convergence record."""
+    r = result["regime"]
+    names = list(dict.fromkeys(x["strategy"] for x in result["runs"]))
+    by = {name: {x["seed"]: x for x in result["runs"] if x["strategy"] == name} for name in names}
 
+    def paired(name, base, key):
+        seeds = sorted(set(by[name]) & set(by.get(base, {})))
+        if name == base or not seeds:
+            return ""
+        return fmt_interval(*paired_interval([key(by[name][s]) for s in seeds],
+                                             [key(by[base][s]) for s in seeds]))
 
-def summary(result: dict) -> str:
-    """Markdown table: AUC and final accuracy, mean ± std over seeds, best AUC first."""
+    final = lambda run: run["curve"][-1]["accuracy"]  # noqa: E731
+    area = lambda run: run["auc"]  # noqa: E731
+    mean_curve = {name: np.mean([[c["accuracy"] for c in run["curve"]]
+                                 for run in by[name].values()], axis=0) for name in names}
+    labels = [c["labels"] for c in next(iter(by[names[0]].values()))["curve"]]
+    target = mean_curve["random"][-1] if "random" in mean_curve else None
+    base_n = labels_to_reach(labels, mean_curve["random"], target) if target else None
     rows = []
-    for name in result["config"]["strategies"]:
-        runs = [r for r in result["runs"] if r["strategy"] == name]
-        aucs = np.array([r["auc"] for r in runs])
-        final = np.array([r["curve"][-1]["accuracy"] for r in runs])
-        rows.append((aucs.mean(), f"| {name} | {mean_std(aucs)} | {mean_std(final)} | "
-                                  f"{len(runs)} |"))
-    cfg = result["config"]
-    start = "warm-started" if cfg.get("warm_start") else "retrained from scratch"
-    head = (f"Fashion-MNIST, test_resnet {start} ({cfg['steps']} Adam steps), pool "
-            f"{cfg['pool_size']}, test {cfg['test_size']}, {cfg['initial']} + {cfg['rounds']} x "
-            f"{cfg['budget']} labels; mean ± std over seeds.\n\n"
-            "| strategy | AUC (mean acc %) | final acc % | seeds |\n|---|---:|---:|---:|\n")
-    return head + "\n".join(r for _, r in sorted(rows, key=lambda t: -t[0])) + "\n"
+    for name in names:
+        aucs, finals = [area(x) for x in by[name].values()], [final(x) for x in by[name].values()]
+        need = labels_to_reach(labels, mean_curve[name], target) if target else None
+        saved = (f"{need / base_n:.0%} ({need:.0f})" if need is not None else
+                 f"not reached (> {labels[-1]})") if base_n else ""
+        rows.append((np.mean(aucs), f"| {name} | {len(aucs)} | {'%.2f ± %.2f' % mean_sd(aucs)} | "
+                     f"{'%.2f ± %.2f' % mean_sd(finals)} | {paired(name, 'random', area)} | "
+                     f"{paired(name, 'entropy', area)} | {paired(name, 'random', final)} | "
+                     f"{saved} |"))
+    t = r["training"]
+    head = (f"**{r['name']}**: {r['dataset']}, pool {r['pool_size'] or 'all'}, test "
+            f"{r['test_size'] or 'all'}, {r['initial']} + {r['rounds']} x {r['query']} labels, "
+            f"{r['model']['name']} {'warm-started' if t['warm_start'] else 'retrained from scratch'}"
+            f" each round (Adam {t['lr']}, batch {t['batch_size']}, until running train accuracy "
+            f">= {t['stop_train_accuracy']}, {t['min_epochs']}-{t['max_epochs']} epochs). "
+            f"Paired seeds; differences are per-seed means with a 95% t interval "
+            f"(* excludes 0). Labels to reach random's final accuracy "
+            f"({target:.2f}%) as a share of random's.\n\n" if target else "\n\n")
+    table = ("| strategy | seeds | AUC (mean acc %) | final acc % | Δ AUC vs random | "
+             "Δ AUC vs entropy | Δ final vs random | labels to reach random's final |\n"
+             "|---|---:|---:|---:|---:|---:|---:|---:|\n")
+    table += "\n".join(row for _, row in sorted(rows, key=lambda t: -t[0]))
+    conv = [(p["epochs"], p["train_accuracy"]) for x in result["runs"] for p in x["curve"]]
+    secs = sum(x["seconds"] for x in result["runs"])
+    tail = (f"\n\nConvergence: {sum(a >= t['stop_train_accuracy'] for _, a in conv)}/{len(conv)} "
+            f"trainings reached the stop accuracy; epochs {min(e for e, _ in conv)}-"
+            f"{max(e for e, _ in conv)}, final running train accuracy >= "
+            f"{min(a for _, a in conv):.3f}. Compute: {secs / 60:.0f} min of runs "
+            f"({result.get('host', {}).get('threads', '?')} thread(s) each).\n")
+    return head + table + tail
+
+
+def render(result: dict, out: Path) -> str:
+    text = report(result)
+    out.with_suffix(".md").write_text(text)
+    plot(result, out.with_suffix(".png"))
+    return text
 
 
 def plot(result: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name in result["config"]["strategies"]:
-        curves = [r["curve"] for r in result["runs"] if r["strategy"] == name]
+    r = result["regime"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    names = list(dict.fromkeys(x["strategy"] for x in result["runs"]))
+    for name in names:
+        curves = [x["curve"] for x in result["runs"] if x["strategy"] == name]
         n = [c["labels"] for c in curves[0]]
         acc = np.array([[c["accuracy"] for c in curve] for curve in curves])
-        ax.plot(n, acc.mean(0), marker="o", ms=3, label=name)
-        ax.fill_between(n, acc.min(0), acc.max(0), alpha=0.15)
+        ax.plot(n, acc.mean(0), marker="o", ms=2.5, label=f"{name} ({len(curves)})")
+        ax.fill_between(n, acc.min(0), acc.max(0), alpha=0.12)
     ax.set_xlabel("labeled samples")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"Fashion-MNIST, mean and min-max over {result['config']['seeds']} seeds")
+    ax.set_title(f"{r['name']}: Fashion-MNIST, {r['model']['name']}; mean, min-max over seeds")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="smoke test: tiny pool, 1 seed, 2 rounds")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=4)
-    p.add_argument("--pool-size", type=int, default=3000)
-    p.add_argument("--test-size", type=int, default=1000)
-    p.add_argument("--initial", type=int, default=100)
-    p.add_argument("--budget", type=int, default=100)
-    p.add_argument("--steps", type=int, default=200, help="optimizer steps per round")
-    p.add_argument("--strategies", nargs="+", default=STRATEGIES)
-    p.add_argument("--warm-start", action="store_true",
-                   help="start each round from the last round's weights (default: from scratch)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (1: robust on a shared, oversubscribed machine)")
+    p.add_argument("regime", nargs="?", help="a regime file, e.g. benchmarks/regimes/mid-budget.yaml")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run (tiny pool, 1 seed, 2 rounds) written under " + str(QUICK_DIR))
+    p.add_argument("--strategies", nargs="+", help="run only these (default: the regime's)")
+    p.add_argument("--seeds", type=int, nargs="+", help="run only these seeds")
+    p.add_argument("--by-strategy", action="store_true",
+                   help="run every seed of a strategy before the next (default: seed by seed)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--data-dir", default="/tmp/raydal-bench/fashion-mnist")
-    p.add_argument("--out", default=str(HERE / "results" / "al_quality.json"))
+    p.add_argument("--out", help="results JSON (default: benchmarks/results/al_quality_<name>."
+                                 "json, or under /tmp with --quick)")
+    p.add_argument("--render", metavar="JSON", help="only re-render the tables and plot of a "
+                                                    "results file")
     args = p.parse_args(argv)
+    if args.render:
+        out = Path(args.render)
+        print(render(json.loads(out.read_text()), out))
+        return {}
+    if not args.regime:
+        p.error("a regime file is required (or --render JSON)")
+    r = Regime.load(args.regime)
     if args.quick:
-        args.seeds, args.rounds, args.pool_size, args.test_size = 1, 2, 1000, 500
-        args.initial, args.budget, args.steps = 50, 50, 40
-    out = Path(args.out)
+        r = quick(r)
+    default_dir = QUICK_DIR if args.quick else HERE / "results"
+    out = Path(args.out) if args.out else default_dir / f"al_quality_{r.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = run(args, save=lambda r: out.write_text(json.dumps(r, indent=1)))
-    table = summary(result)
-    result["table"] = table
-    out.write_text(json.dumps(result, indent=1))
-    out.with_suffix(".md").write_text(table)
-    plot(result, out.with_suffix(".png"))
-    print(table)
-    print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')} "
-          f"({result['seconds']:.0f} s)")
+    result = run(r, out, Path(args.data_dir), args.threads, args.strategies, args.seeds,
+                 args.by_strategy)
+    print(render(result, out))
+    print(f"wrote {out} and its .md/.png ({result['seconds']:.0f} s of runs)")
     return result
 
 

@@ -26,6 +26,7 @@ Protocol (the same for every strategy of a regime):
     python benchmarks/al_quality.py benchmarks/regimes/mid-budget.yaml
     python benchmarks/al_quality.py benchmarks/regimes/mid-budget.yaml --quick   # smoke run
     python benchmarks/al_quality.py --render benchmarks/results/al_quality_mid-budget.json
+    python benchmarks/al_quality.py --render part1.json part2.json --out merged.json
 
 Results go to benchmarks/results/al_quality_<regime>.{json,md,png}; ``--quick`` writes under
 /tmp/raydal-bench/quick unless ``--out`` says otherwise, so it never overwrites committed results.
@@ -362,7 +363,7 @@ def report(result: dict) -> str:
         rows.append((np.mean(aucs), f"| {name} | {len(aucs)} | {'%.2f ± %.2f' % mean_sd(aucs)} | "
                      f"{'%.2f ± %.2f' % mean_sd(finals)} | {paired(name, 'random', area)} | "
                      f"{paired(name, 'entropy', area)} | {paired(name, 'random', final)} | "
-                     f"{saved} |"))
+                     f"{paired(name, 'entropy', final)} | {saved} |"))
     t = r["training"]
     head = (f"**{r['name']}**: {r['dataset']}, pool {r['pool_size'] or 'all'}, test "
             f"{r['test_size'] or 'all'}, {r['initial']} + {r['rounds']} x {r['query']} labels, "
@@ -373,8 +374,8 @@ def report(result: dict) -> str:
             f"(* excludes 0). Labels to reach random's final accuracy "
             f"({target:.2f}%) as a share of random's.\n\n" if target else "\n\n")
     table = ("| strategy | seeds | AUC (mean acc %) | final acc % | Δ AUC vs random | "
-             "Δ AUC vs entropy | Δ final vs random | labels to reach random's final |\n"
-             "|---|---:|---:|---:|---:|---:|---:|---:|\n")
+             "Δ AUC vs entropy | Δ final vs random | Δ final vs entropy | "
+             "labels to reach random's final |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     table += "\n".join(row for _, row in sorted(rows, key=lambda t: -t[0]))
     conv = [(p["epochs"], p["train_accuracy"]) for x in result["runs"] for p in x["curve"]]
     secs = sum(x["seconds"] for x in result["runs"])
@@ -383,7 +384,51 @@ def report(result: dict) -> str:
             f"{max(e for e, _ in conv)}, final running train accuracy >= "
             f"{min(a for _, a in conv):.3f}. Compute: {secs / 60:.0f} min of runs "
             f"({result.get('host', {}).get('threads', '?')} thread(s) each).\n")
-    return head + table + tail
+    return head + table + tail + curves_table(names, labels, mean_curve) + diagnostics_table(result)
+
+
+def curves_table(names, labels, mean_curve) -> str:
+    """Seed-mean test accuracy (%) at every label count."""
+    text = ("\nMean test accuracy (%) by labels:\n\n| strategy | "
+            + " | ".join(str(n) for n in labels) + " |\n|---|" + "---:|" * len(labels) + "\n")
+    return text + "\n".join(f"| {name} | " + " | ".join(f"{a:.2f}" for a in mean_curve[name])
+                            + " |" for name in names) + "\n"
+
+
+DIAG = [("spearman_score_entropy", "ρ(s, entropy)"), ("spearman_score_gradnorm", "ρ(s, ‖g_u‖²)"),
+        ("ip_share_picks", "ip share (picks)"), ("g_L_norm", "‖g_L‖"),
+        ("g_u_norm_median_pool", "median ‖g_u‖ pool"), ("picks_misclassified", "picks wrong"),
+        ("pool_misclassified", "pool wrong"), ("redundancy_picks", "cos(picks)"),
+        ("redundancy_random", "cos(random)")]
+
+
+def diagnostics_table(result: dict) -> str:
+    """Per strategy and selection round, seed means of the diagnostics it recorded."""
+    rows = []
+    names = list(dict.fromkeys(x["strategy"] for x in result["runs"]))
+    for name in names:
+        runs = [x for x in result["runs"] if x["strategy"] == name]
+        for i, point in enumerate(runs[0]["curve"]):
+            diags = [x["curve"][i].get("diagnostics") for x in runs]
+            diags = [d for d in diags if d]
+            if not diags:
+                continue
+            cells = [f"{np.mean([d[k] for d in diags]):.3g}" if k in diags[0] else ""
+                     for k, _ in DIAG]
+            top = np.mean([max(x["curve"][i]["picks_per_class"]) / sum(
+                x["curve"][i]["picks_per_class"]) for x in runs])
+            rows.append(f"| {name} | {point['labels']} | " + " | ".join(cells)
+                        + f" | {top:.2f} |")
+    if not rows:
+        return ""
+    return ("\nDiagnostics of each selection (seed means; ρ = Spearman over a 2,000-row pool "
+            "sample; ip share = |w<g_L,g_u>| / (‖g_u‖² + |w<g_L,g_u>|) over the picks; wrong = "
+            "share misclassified by the selecting model; cos = mean pairwise cosine of the "
+            "classifier-layer gradient embeddings; top class = the largest class's share of the "
+            "picks, 0.1 if balanced):\n\n| strategy | labels | "
+            + " | ".join(h for _, h in DIAG) + " | top class |\n|---|---:|"
+            + "---:|" * (len(DIAG) + 1) + "\n"
+            + "\n".join(rows) + "\n")
 
 
 def render(result: dict, out: Path) -> str:
@@ -429,13 +474,23 @@ def main(argv=None) -> dict:
     p.add_argument("--data-dir", default="/tmp/raydal-bench/fashion-mnist")
     p.add_argument("--out", help="results JSON (default: benchmarks/results/al_quality_<name>."
                                  "json, or under /tmp with --quick)")
-    p.add_argument("--render", metavar="JSON", help="only re-render the tables and plot of a "
-                                                    "results file")
+    p.add_argument("--render", metavar="JSON", nargs="+",
+                   help="only re-render the tables and plot of results files (several: parts of "
+                        "one regime run in parallel, merged into --out)")
     args = p.parse_args(argv)
     if args.render:
-        out = Path(args.render)
-        print(render(json.loads(out.read_text()), out))
-        return {}
+        parts = [json.loads(Path(f).read_text()) for f in args.render]
+        if any(x["regime"] != parts[0]["regime"] for x in parts):
+            raise SystemExit("--render: the files hold different regime definitions")
+        if len(parts) > 1 and not args.out:
+            p.error("--render with several files (parts run in parallel) needs --out")
+        out = Path(args.out or args.render[0])
+        merged = {**parts[0], "runs": [x for part in parts for x in part["runs"]],
+                  "seconds": sum(x["seconds"] for x in parts)}
+        if len(parts) > 1:
+            write_json(out, merged)
+        print(render(merged, out))
+        return merged
     if not args.regime:
         p.error("a regime file is required (or --render JSON)")
     r = Regime.load(args.regime)

@@ -28,9 +28,12 @@ FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def register_dataset(name: str, default_source: Path | None = None):
+def register_dataset(name: str, default_source: Path | None = None, get: str = ""):
+    """Register importer ``fn(source folder, out Location) -> meta``. default_source: where a
+    package installs the files (None: the user must set data.source); get: how to obtain them,
+    quoted in errors."""
     def deco(fn):
-        fn.default_source = default_source
+        fn.default_source, fn.get = default_source, get
         _IMPORTERS[name] = fn
         return fn
     return deco
@@ -59,14 +62,11 @@ def read_idx(path: str | Path) -> np.ndarray:
     return body.reshape(shape)
 
 
-def _find(source: Path, stem: str) -> Path:
+def _find(source: Path, stem: str, get: str) -> Path:
     for name in (stem + ".gz", stem):
         if (source / name).exists():
             return source / name
-    raise FileNotFoundError(
-        f"{source / stem}(.gz) not found. Install the data with "
-        "`apt-get install -y dataset-fashion-mnist` or point `data.source` at a folder holding "
-        "the original IDX files.")
+    raise FileNotFoundError(f"{source / stem}(.gz) not found. {get}")
 
 
 def images_table(images: np.ndarray, ids: list[str], labels: np.ndarray | None = None) -> pa.Table:
@@ -79,10 +79,11 @@ def images_table(images: np.ndarray, ids: list[str], labels: np.ndarray | None =
 
 
 def _import_idx(source: Path, out: Location, name: str, classes: list[str]) -> dict:
-    train_x = read_idx(_find(source, "train-images-idx3-ubyte"))
-    train_y = read_idx(_find(source, "train-labels-idx1-ubyte"))
-    test_x = read_idx(_find(source, "t10k-images-idx3-ubyte"))
-    test_y = read_idx(_find(source, "t10k-labels-idx1-ubyte"))
+    get = _IMPORTERS[name].get
+    train_x = read_idx(_find(source, "train-images-idx3-ubyte", get))
+    train_y = read_idx(_find(source, "train-labels-idx1-ubyte", get))
+    test_x = read_idx(_find(source, "t10k-images-idx3-ubyte", get))
+    test_y = read_idx(_find(source, "t10k-labels-idx1-ubyte", get))
     train_ids = [f"train-{i:05d}" for i in range(len(train_x))]
     test_ids = [f"test-{i:05d}" for i in range(len(test_x))]
     pool = images_table(train_x, train_ids)
@@ -96,12 +97,21 @@ def _import_idx(source: Path, out: Location, name: str, classes: list[str]) -> d
     return meta
 
 
-@register_dataset("fashion-mnist", default_source=FASHION_MNIST_DIR)
+_IDX_FILES = ("train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+              "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz")
+
+
+@register_dataset("fashion-mnist", default_source=FASHION_MNIST_DIR, get=(
+    "Install the data with `apt-get install -y dataset-fashion-mnist` or point data.source at "
+    f"a folder holding the original IDX files ({_IDX_FILES})."))
 def import_fashion_mnist(source: Path, out: Location) -> dict:
     return _import_idx(source, out, "fashion-mnist", FASHION_MNIST_CLASSES)
 
 
-@register_dataset("mnist", default_source=Path("/usr/share/datasets/mnist"))
+@register_dataset("mnist", get=(
+    "No package installs MNIST: download its four original IDX files "
+    f"({_IDX_FILES}, e.g. from https://ossci-datasets.s3.amazonaws.com/mnist/) into a folder "
+    "and set data.source to it."))
 def import_mnist(source: Path, out: Location) -> dict:
     return _import_idx(source, out, "mnist", [str(d) for d in range(10)])
 
@@ -119,4 +129,8 @@ def prepare_dataset(name: str, out: Where, source: str | Path | None = None) -> 
         return meta
     importer = _IMPORTERS[name]
     src = Path(source) if source is not None else importer.default_source
+    if src is None:
+        from raydal.config import ConfigError
+        raise ConfigError(f"data.source is not set, and data set {name!r} has no default "
+                          f"folder. {importer.get}")
     return importer(src, out)

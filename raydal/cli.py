@@ -1,4 +1,4 @@
-"""The ``raydal`` command: run, status, report, import-labels, data."""
+"""The ``raydal`` command: run, status, report, import-labels, select, data."""
 from __future__ import annotations
 
 import argparse
@@ -12,9 +12,12 @@ def _open_run(run_dir: str):
     from raydal.fs import resolve
     from raydal.loop import ActiveLoop
 
+    from raydal.errors import RunDirError
+
     path = resolve(run_dir)
     if not (path / "config.yaml").exists():
-        raise FileNotFoundError(f"{path} is not a raydal run directory (no config.yaml)")
+        raise RunDirError(f"{path} is not a raydal run directory (no config.yaml); give the "
+                          "run_dir of a config that `raydal run` has started")
     return ActiveLoop(load_config(path / "config.yaml"), path)
 
 
@@ -38,8 +41,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from raydal.report import format_table
     from raydal.storage import read_json
 
+    from raydal.errors import RunDirError
+
     loop = _open_run(args.run_dir)
-    print(json.dumps(read_json(loop.run_dir / "state.json", {})))
+    try:
+        print(json.dumps(read_json(loop.run_dir / "state.json", {})))
+    except RunDirError as e:  # only a progress note: the loop resumes from the files themselves
+        print(f"state: {e}")
     print(f"labels: {len(loop.labels.labels())} in rounds {loop.labels.rounds()}")
     print(format_table(loop.metrics()))
     return 0
@@ -64,14 +72,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_import_labels(args: argparse.Namespace) -> int:
-    from raydal.labels import LabelError
-
     loop = _open_run(args.run_dir)
-    try:
-        r, n = loop.import_labels(args.file)
-    except LabelError as e:
-        print(f"error: nothing imported: {e}", file=sys.stderr)
-        return 2
+    r, n = loop.import_labels(args.file)
     print(f"imported {n} labels for round {r}; continue with `raydal run CONFIG`")
     return 0
 
@@ -83,8 +85,18 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_select(args: argparse.Namespace) -> int:
+    from raydal.selection_job import run_selection
+    print(json.dumps(run_selection(args)), flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from raydal import __version__
+    from raydal.selection_job import add_arguments as add_selection_arguments
+
     p = argparse.ArgumentParser(prog="raydal", description="Ray-distributed active learning")
+    p.add_argument("--version", action="version", version=f"raydal {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run or resume an active-learning loop")
     r.add_argument("config", help="YAML config (see configs/)")
@@ -102,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("run_dir")
     imp.add_argument("file")
     imp.set_defaults(fn=_cmd_import_labels)
+    sel = sub.add_parser("select", help="one selection from a pool and a checkpoint, written "
+                         "as Parquet (id, score, rank); the code path of jobs/select_round.py")
+    add_selection_arguments(sel).set_defaults(fn=_cmd_select)
     d = sub.add_parser("data", help="import a data set into the pool format")
     d.add_argument("name", help="fashion-mnist or mnist")
     d.add_argument("--out", default="data/fashion-mnist")
@@ -110,20 +125,56 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that it unwinds like Ctrl-C (locks released)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def user_error(e: BaseException) -> BaseException | None:
+    """The user error behind ``e`` (a RaydalError, also one raised in a Ray task), or None."""
+    from raydal.errors import RaydalError
+
+    cause = getattr(e, "cause", None)  # ray.exceptions.RayTaskError wraps a remote error
+    if isinstance(cause, RaydalError):
+        return cause
+    if isinstance(e, (RaydalError, FileNotFoundError, PermissionError, IsADirectoryError)):
+        return e
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 done, 2 a user error (one line on stderr), 130 interrupted (Ctrl-C),
+    143 terminated (SIGTERM). Anything else is a bug in raydal and keeps its traceback."""
     import logging
-    from raydal.config import ConfigError
-    from raydal.fs import FsError
-    from raydal.pool import PoolError
-    from raydal.storage import RunDirLocked
+    import signal
+    from raydal.errors import one_line
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        return args.fn(args)
-    except (ConfigError, FsError, PoolError, RunDirLocked, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        try:
+            return args.fn(args)
+        except SystemExit as e:  # Ray's own SIGTERM handler, while ray.init runs
+            if e.code != signal.SIGTERM:
+                raise
+            raise Terminated() from None
+    except KeyboardInterrupt as e:
+        name = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted (Ctrl-C)"
+        print(f"raydal {args.command} {name}: every record on disk is whole; run the same "
+              "command again to continue where it stopped", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    except Exception as e:
+        err = user_error(e)
+        if err is None:
+            raise
+        print(f"error: {one_line(str(err))}", file=sys.stderr)
         return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from raydal.errors import ConfigError
 from raydal.fs import Where, check, resolve
 from raydal.scoring.base import suggest
-
-
-class ConfigError(ValueError):
-    """An invalid configuration; the message says which field and how to fix it."""
 
 
 class _Section(BaseModel):
@@ -163,6 +160,20 @@ class RayConfig(_Section):
     address: str | None = Field(None, description="None: connect to RAY_ADDRESS or start local")
     num_cpus: int | None = Field(None, ge=1, description="for a local cluster only")
     log_to_driver: bool = Field(False, description="show Ray workers' logs in the driver")
+    resource_wait_s: float = Field(
+        0.0, ge=0, description="seconds to wait for an autoscaling cluster to add the nodes "
+        "that scoring actors or trainers need (0: refuse at once what the nodes cannot place)")
+
+
+class TrackingConfig(_Section):
+    mlflow: bool | str = Field(
+        False, description="true: an MLflow folder RUN_DIR/mlruns; or a tracking URI "
+        "(http://host:5000, file:///abs/folder); false: off")
+    tensorboard: bool | str = Field(
+        False, description="true: event files in RUN_DIR/tensorboard; or a local folder; "
+        "false: off")
+    experiment: str | None = Field(None, description="MLflow experiment (default: the run's "
+                                   "name)")
 
 
 class RunConfig(_Section):
@@ -177,6 +188,7 @@ class RunConfig(_Section):
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     _run_dir = field_validator("run_dir")(_location)
 

@@ -26,6 +26,8 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from raydal.errors import FsError
+
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
 _SECRET = re.compile(r"://([^/@:?#\s]+):[^/@?#\s]*@")
 #: URI schemes of ``pyarrow.fs.FileSystem.from_uri`` (object stores need a pyarrow built with
@@ -35,10 +37,6 @@ SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
 #: no rename, no lock.
 OBJECT_STORES = ("s3", "gcs")
 _LOCAL = pafs.LocalFileSystem()
-
-
-class FsError(ValueError):
-    """A location that cannot be opened (unsupported scheme, malformed URI)."""
 
 
 def is_uri(where: str | os.PathLike) -> bool:

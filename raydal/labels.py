@@ -6,20 +6,62 @@ repeated run can never duplicate or lose a label.
 """
 from __future__ import annotations
 
+import codecs
+import csv
+import io
 import posixpath
 import re
 from typing import Mapping
 
 import pyarrow as pa
 
+from raydal.errors import LabelError
 from raydal.fs import Location, Where, resolve
 from raydal.storage import atomic_write_parquet, read_table
 
 _ROUND_FILE = re.compile(r"round-(\d{4,})\.parquet$")
+_SEPARATORS = (",", ";", "\t")  # Excel writes ';' where ',' is the decimal mark
 
 
-class LabelError(ValueError):
-    """Labels that would corrupt the log (duplicates, unknown ids, bad classes)."""
+def numbered_rounds(folder: Location) -> list[int]:
+    """The rounds of the ``round-NNNN.parquet`` files in ``folder``, sorted."""
+    return sorted(int(m.group(1)) for f in folder.files()
+                  if (m := _ROUND_FILE.search(posixpath.basename(f.path))))
+
+
+def csv_label_rows(path: Location) -> list[tuple[str, str, str]]:
+    """(id, raw label, where) of each row of a CSV label file with ``id`` and ``label`` columns.
+
+    Accepts UTF-8 with or without a BOM (Excel's "CSV UTF-8"), UTF-16 with a BOM, separators
+    ',', ';' or tab; blank lines are skipped. LabelError names anything else.
+    """
+    data = path.read_bytes()
+    encoding = ("utf-16" if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+                else "utf-8-sig")
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as e:
+        raise LabelError(f"{path} is not UTF-8 text ({e}); save it as 'CSV UTF-8'") from None
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    sep = next((d for d in _SEPARATORS
+                if {"id", "label"} <= {c.strip() for c in first.split(d)}), ",")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
+    rows = [(reader.line_num, row) for row in reader if any(c.strip() for c in row)]
+    header = [c.strip() for c in rows[0][1]] if rows else []
+    if not {"id", "label"} <= set(header):
+        raise LabelError(f"{path}: a CSV needs 'id' and 'label' columns, found {header}")
+    for name in ("id", "label"):
+        if header.count(name) > 1:
+            raise LabelError(f"{path}: the header has {header.count(name)} {name!r} columns; "
+                             "keep one")
+    i, j = header.index("id"), header.index("label")
+    out = []
+    for line, row in rows[1:]:
+        if len(row) <= max(i, j):
+            raise LabelError(f"{path.name} line {line}: {len(row)} fields, the header has "
+                             f"{len(header)}")
+        out.append((row[i], row[j], f"{path.name} line {line}"))
+    return out
 
 
 class LabelLog:
@@ -32,8 +74,7 @@ class LabelLog:
         return self.folder / f"round-{round_:04d}.parquet"
 
     def rounds(self) -> list[int]:
-        return sorted(int(m.group(1)) for f in self.folder.files()
-                      if (m := _ROUND_FILE.search(posixpath.basename(f.path))))
+        return numbered_rounds(self.folder)
 
     def has_round(self, round_: int) -> bool:
         return self.round_path(round_).exists()

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from raydal.fs import Location, Where, resolve
-from raydal.labels import LabelError
+from raydal.labels import LabelError, csv_label_rows
 from raydal.pool import Pool
 from raydal.storage import atomic_write_bytes, atomic_write_json, read_table
 
@@ -116,7 +116,7 @@ def parse_label_file(path: Where, classes: list[str] | None, num_classes: int
     if path.suffix.lower() == ".json":
         try:
             tasks = json.loads(path.read_bytes())
-        except json.JSONDecodeError as e:
+        except ValueError as e:  # not JSON, or not UTF-8/16/32
             raise LabelError(f"{path} is not valid JSON: {e}") from None
         if not isinstance(tasks, list):
             raise LabelError(f"{path}: expected a Label Studio export (a JSON list of tasks)")
@@ -125,23 +125,19 @@ def parse_label_file(path: Where, classes: list[str] | None, num_classes: int
             id_ = (task.get("data") or {}).get("id") if isinstance(task, dict) else None
             if id_ is None:
                 raise LabelError(f"{where}: no data.id (export the tasks raydal wrote)")
-            answers = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
-            choices = [c for a in answers for res in a.get("result") or []
-                       for c in (res.get("value") or {}).get("choices") or []]
+            try:
+                answers = [a for a in task.get("annotations") or []
+                           if not a.get("was_cancelled")]
+                choices = [c for a in answers for res in a.get("result") or []
+                           for c in (res.get("value") or {}).get("choices") or []]
+            except (AttributeError, TypeError):  # a hand-made file of another shape
+                raise LabelError(f"{where} (id {id_!r}): annotations are not in Label Studio's "
+                                 "export format (annotations[].result[].value.choices)") from None
             if not choices:
                 raise LabelError(f"{where} (id {id_!r}): no annotation with a choice")
             pairs.append((str(id_), choices[-1], where))
     else:
-        try:
-            text = path.read_text()
-        except UnicodeDecodeError as e:
-            raise LabelError(f"{path} is not UTF-8 text: {e}") from None
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        if not reader.fieldnames or not {"id", "label"} <= set(reader.fieldnames):
-            raise LabelError(f"{path}: a CSV needs 'id' and 'label' columns, found "
-                             f"{reader.fieldnames}")
-        for line, row in enumerate(reader, start=2):
-            pairs.append((row["id"], row["label"], f"{path.name} line {line}"))
+        pairs = csv_label_rows(path)
     labels: dict[str, int] = {}
     for id_, raw, where in pairs:
         if raw is None or (isinstance(raw, str) and not raw.strip()):

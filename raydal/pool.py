@@ -8,7 +8,9 @@ process; images are decoded where they are used, never here.
 """
 from __future__ import annotations
 
+import atexit
 import posixpath
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -21,14 +23,15 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raydal.datasets import images_table
+from raydal.errors import PoolError
 from raydal.fs import Where, resolve
 from raydal.storage import atomic_write, atomic_write_parquet
 
+#: Temporary pool folders made by this process (deleted by Pool.close or at exit).
+_OWNED: set[Path] = set()
+atexit.register(lambda: [shutil.rmtree(d, ignore_errors=True) for d in list(_OWNED)])
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
-
-
-class PoolError(ValueError):
-    """A pool that cannot be used as given (missing columns, duplicate ids, ...)."""
 
 
 class Pool:
@@ -45,7 +48,9 @@ class Pool:
         self.location = resolve(path)
         if not self.location.exists():
             raise PoolError(f"pool {self.path} does not exist")
-        names = self._dataset().schema.names
+        self._owned_dir: Path | None = None  # a temporary folder this process made and deletes
+        schema = self._dataset().schema
+        names = schema.names
         if "id" not in names:
             raise PoolError(f"pool {self.path} has no 'id' column (columns: {names}); "
                             "every row needs a stable unique id")
@@ -56,6 +61,36 @@ class Pool:
         else:
             raise PoolError(f"pool {self.path} needs an 'image' (bytes) or 'path' column; "
                             f"it has {names}")
+        kind = schema.field(self.image_column).type
+        wanted = ((pa.types.is_binary, pa.types.is_large_binary) if self.image_column == "image"
+                  else (pa.types.is_string, pa.types.is_large_string))
+        if not any(ok(kind) for ok in wanted):
+            raise PoolError(
+                f"pool {self.path}: column {self.image_column!r} is {kind}; expected "
+                + ("binary (encoded PNG/JPEG bytes; build pools of arrays with Pool.from_numpy)"
+                   if self.image_column == "image" else "string (file paths or URIs)"))
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_owned_dir": None}  # a copy elsewhere owns nothing
+
+    def __enter__(self) -> "Pool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Delete the temporary folder of a pool built without ``path=`` (else nothing)."""
+        if self._owned_dir is not None:
+            shutil.rmtree(self._owned_dir, ignore_errors=True)
+            _OWNED.discard(self._owned_dir)
+            self._owned_dir = None
+
+    def _own(self, folder: Path | None) -> "Pool":
+        if folder is not None:
+            self._owned_dir = folder
+            _OWNED.add(folder)
+        return self
 
     def __repr__(self) -> str:
         return f"Pool({self.path!r}, rows={self.num_rows})"
@@ -119,6 +154,15 @@ class Pool:
             columns=self.columns, filter=pc.field("id").cast(pa.string()).isin(wanted))
         return table.set_column(0, "id", pc.cast(table.column("id"), pa.string()))
 
+    def missing_ids(self, ids: Iterable[str]) -> list[str]:
+        """The ids of ``ids`` that no row of the pool has, sorted (an id-only filtered scan)."""
+        wanted = sorted(set(map(str, ids)))
+        found = self._dataset().to_table(
+            columns=["id"], filter=pc.field("id").cast(pa.string()).isin(pa.array(wanted,
+                                                                                  pa.string())))
+        have = set(map(str, found.column("id").to_pylist()))
+        return [i for i in wanted if i not in have]
+
     def check_ids(self) -> int:
         """Raise PoolError on null or duplicate ids; return the row count."""
         seen: set[str] = set()
@@ -156,11 +200,21 @@ class Pool:
     @classmethod
     def from_numpy(cls, images: np.ndarray, ids: Sequence[str] | None = None,
                    path: Where | None = None) -> "Pool":
-        """images: (N, H, W) or (N, H, W, C) uint8; ids default to '000000'.. in order."""
+        """images: (N, H, W) or (N, H, W, C) uint8 with C in 1, 3, 4; ids default to
+        '00000000'.. in order. path: where to write the pool (local or a URI); default a
+        temporary folder that is deleted by ``close()``, at the end of a ``with`` block, or
+        when this process exits."""
         images = np.asarray(images)
-        if images.dtype != np.uint8 or images.ndim not in (3, 4):
-            raise PoolError(f"images must be uint8 of shape (N, H, W) or (N, H, W, C), got "
-                            f"{images.dtype} {images.shape}")
+        if images.dtype != np.uint8 or images.ndim not in (3, 4) or not len(images):
+            raise PoolError(f"images must be a non-empty uint8 array of shape (N, H, W) or "
+                            f"(N, H, W, C), got {images.dtype} {images.shape}"
+                            + ("; convert with images.astype(np.uint8)" if images.dtype != np.uint8
+                               else ""))
+        if images.ndim == 4 and images.shape[-1] not in (1, 3, 4):
+            hint = (f"; it looks channel-first (N, C, H, W): pass images.transpose(0, 2, 3, 1)"
+                    if images.shape[1] in (1, 3, 4) else "")
+            raise PoolError(f"images of shape {images.shape} have {images.shape[-1]} channels "
+                            f"in the last axis; expected 1, 3 or 4 (N, H, W, C){hint}")
         if ids is None:
             ids = [f"{i:08d}" for i in range(len(images))]
         ids = [str(i) for i in ids]
@@ -168,13 +222,14 @@ class Pool:
             raise PoolError(f"{len(ids)} ids for {len(images)} images")
         if len(set(ids)) != len(ids):
             raise PoolError("ids must be unique")
-        path = path or Path(tempfile.mkdtemp(prefix="raydal-pool-")) / "pool.parquet"
+        owned = None if path else Path(tempfile.mkdtemp(prefix="raydal-pool-"))
+        path = path or owned / "pool.parquet"
 
         def write(tmp: Path) -> None:
             with pq.ParquetWriter(tmp, images_table(images[:1], ids[:1]).schema) as w:
                 for s in range(0, len(images), 1024):
                     w.write_table(images_table(images[s:s + 1024], ids[s:s + 1024]))
-        return cls(atomic_write(path, write))
+        return cls(atomic_write(path, write))._own(owned)
 
     @classmethod
     def from_image_folder(cls, folder: Where, path: Where | None = None,
@@ -183,22 +238,24 @@ class Pool:
 
         folder and path: local paths or URIs. ids are paths relative to ``folder``; rows hold
         absolute paths or URIs (or the bytes if ``store_bytes``: read here, one file at a
-        time). Returns the pool; class names of an ImageNet layout are available from
-        ``labels_from_folder_names``.
+        time). Without ``path`` the pool goes to a temporary folder that is deleted by
+        ``close()``, at the end of a ``with`` block, or when this process exits. Class names
+        of an ImageNet layout are available from ``labels_from_folder_names``.
         """
         folder = resolve(folder)
         files = [f for f in folder.files(recursive=True)
                  if posixpath.splitext(f.path)[1].lower() in IMAGE_SUFFIXES]
         if not files:
             raise PoolError(f"no image files ({sorted(IMAGE_SUFFIXES)}) under {folder}")
-        path = path or Path(tempfile.mkdtemp(prefix="raydal-pool-")) / "pool.parquet"
+        owned = None if path else Path(tempfile.mkdtemp(prefix="raydal-pool-"))
+        path = path or owned / "pool.parquet"
         rel = [posixpath.relpath(f.path, folder.path) for f in files]
         if store_bytes:
             col = ("image", pa.array([(folder / r).read_bytes() for r in rel], pa.binary()))
         else:
             col = ("path", pa.array([str(folder / r) for r in rel], pa.string()))
         return cls(atomic_write_parquet(path, pa.table({"id": pa.array(rel, pa.string()),
-                                                        col[0]: col[1]})))
+                                                        col[0]: col[1]})))._own(owned)
 
 
 def labels_from_folder_names(pool: Pool) -> tuple[pa.Table, list[str]]:

@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from raydal.errors import RunDirError, RunDirLocked
 from raydal.fs import Location, Where, resolve
 
 log = logging.getLogger("raydal")
@@ -143,10 +144,16 @@ def atomic_write_folder(path: Where, fill: Callable[[Path], None], commit: str) 
 
 
 def read_json(path: Where, default: Any = None) -> Any:
+    """The JSON record at ``path`` (``default`` if absent); RunDirError if it is not JSON."""
     loc = resolve(path)
     if not loc.exists():
         return default
-    return json.loads(loc.read_bytes())
+    try:
+        return json.loads(loc.read_bytes())
+    except ValueError as e:  # raydal writes these atomically: edited or damaged by hand
+        raise RunDirError(f"{loc} is not a valid JSON record ({e}); restore it from a backup, "
+                          "or delete it if it is state.json (the next `raydal run` rewrites "
+                          "it)") from None
 
 
 def read_table(path: Where, columns: list[str] | None = None) -> pa.Table:
@@ -156,10 +163,6 @@ def read_table(path: Where, columns: list[str] | None = None) -> pa.Table:
 
 
 # ---- the run-directory lock --------------------------------------------------------------------
-class RunDirLocked(RuntimeError):
-    """Another process holds the run directory."""
-
-
 #: Seconds an object-store lease stays valid without a heartbeat (see ``Lease``).
 LEASE_TTL = 60.0
 

@@ -16,14 +16,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from raydal.errors import BadImage
 from raydal.fs import read_bytes, redact
 
 #: Refuse images larger than this many pixels before decoding (decompression bombs).
 DEFAULT_MAX_PIXELS = 64_000_000
-
-
-class BadImage(ValueError):
-    """An image that cannot be used: unreadable, truncated, empty, too large or wrong channels."""
 
 
 @dataclass(frozen=True)

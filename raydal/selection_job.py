@@ -1,0 +1,113 @@
+"""One distributed selection outside a loop: pool, checkpoint, strategy and budget in, the
+selection Parquet out. The one code path of ``raydal select`` and ``jobs/select_round.py``.
+
+The output has columns id (string), score (float64), rank (int64, 0 = best) and is written
+atomically: it exists complete or not at all. Paths are local or URIs and are read by every
+node: use shared storage on a cluster.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def read_labeled(path: str | None) -> dict[str, int] | list[str]:
+    """The labeled set: {id: label} from a run dir, its labels/ folder or a Parquet file (local
+    paths or URIs such as s3://bucket/runs/x).
+
+    A Parquet file without a ``label`` column gives ids only (enough for strategies that need
+    no labels, e.g. entropy). None gives an empty set.
+    """
+    import pyarrow.parquet as pq
+    from raydal.fs import resolve
+    from raydal.labels import LabelError, LabelLog
+    from raydal.storage import read_table
+
+    if path is None:
+        return {}
+    p = resolve(path)
+    if p.is_dir():
+        folder = p / "labels" if (p / "labels").is_dir() else p
+        log = LabelLog(folder)
+        if not log.rounds():
+            raise LabelError(f"--labels {path}: no labels/round-NNNN.parquet files in {folder}; "
+                             "give a run directory, its labels/ folder or a Parquet file with "
+                             "columns id[, label]")
+        return log.labels()
+    if not p.exists():
+        raise LabelError(f"--labels {path} does not exist; give a run directory, its labels/ "
+                         "folder or a Parquet file with columns id[, label]")
+    names = pq.read_schema(p.path, filesystem=p.fs).names
+    if "id" not in names:
+        raise LabelError(f"--labels {path} has no 'id' column (columns: {names})")
+    if "label" not in names:
+        return [str(i) for i in read_table(p, columns=["id"]).column("id").to_pylist()]
+    t = read_table(p, columns=["id", "label"])
+    return {str(i): int(y) for i, y in zip(t.column("id").to_pylist(),
+                                           t.column("label").to_pylist())}
+
+
+def strategy_options(text: str) -> dict[str, Any]:
+    """--strategy-options: a JSON object."""
+    from raydal.config import ConfigError
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--strategy-options {text!r} is not JSON ({e}); give an object such "
+                          "as '{\"ip_weight\": 2}'") from None
+    if not isinstance(options, dict):
+        raise ConfigError(f"--strategy-options {text!r}: expected a JSON object such as "
+                          "'{\"ip_weight\": 2}'")
+    return options
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The selection's command-line arguments (the same for the CLI and the job)."""
+    p.add_argument("--pool", required=True, help="Parquet pool (file or folder): id, image|path")
+    p.add_argument("--checkpoint", help="raydal checkpoint folder (model.safetensors + meta.json);"
+                   " not needed by the random strategy")
+    p.add_argument("--strategy", default="dynamicAL", help="registered strategy name")
+    p.add_argument("--strategy-options", default="{}",
+                   help="JSON object, e.g. '{\"ip_weight\": 2}'")
+    p.add_argument("--budget", type=int, required=True, help="number of rows to select")
+    p.add_argument("--labels", help="labeled set: run dir, its labels/ folder, or Parquet id[,label]")
+    p.add_argument("--out", required=True, help="output Parquet file (id, score, rank)")
+    p.add_argument("--num-actors", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=256, help="images per scoring batch")
+    p.add_argument("--num-gpus-per-actor", type=float, default=0.0)
+    p.add_argument("--num-cpus-per-actor", type=float, default=0.5,
+                   help="keep num_actors x this below the cluster's CPUs (Ray Data reads need one)")
+    p.add_argument("--progress", action="store_true", help="draw a progress bar")
+    p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, which `ray job "
+                   "submit` sets; without it a new local cluster)")
+    return p
+
+
+def _connect(address: str | None, log_to_driver: bool) -> None:
+    """Join ``address`` (or RAY_ADDRESS), else start a local cluster (never a leftover one of
+    this machine); a dead address fails within seconds (raydal.connect); no-op when connected."""
+    import os
+
+    from raydal.connect import LOCAL, connect
+    connect(address if address or os.environ.get("RAY_ADDRESS") else LOCAL,
+            log_to_driver=log_to_driver)
+
+
+def run_selection(args: argparse.Namespace) -> dict[str, Any]:
+    """Select and write ``args.out`` on the connected Ray cluster; returns the summary."""
+    import raydal
+    from raydal.storage import atomic_write_parquet
+
+    options = strategy_options(args.strategy_options)
+    labeled = read_labeled(args.labels)  # wrong arguments fail before any cluster starts
+    _connect(args.address, log_to_driver=args.progress)
+    sel = raydal.select(raydal.Pool(args.pool), args.checkpoint, args.strategy, args.budget,
+                        labeled=labeled, strategy_options=options,
+                        num_actors=args.num_actors, batch_size=args.batch_size,
+                        num_gpus_per_actor=args.num_gpus_per_actor,
+                        num_cpus_per_actor=args.num_cpus_per_actor, progress=args.progress)
+    out = atomic_write_parquet(args.out, sel.to_table())
+    return {"out": str(out), "strategy": args.strategy, "num_selected": len(sel.ids),
+            "num_scored": sel.num_scored, "num_labeled": len(labeled),
+            "skipped": len(sel.skipped), "seconds": round(sel.seconds, 3)}

@@ -1,0 +1,75 @@
+"""`raydal select`: pool, checkpoint, strategy and budget in, the selection Parquet out; the same
+selection as raydal.select() and jobs/select_round.py (one code path: raydal.selection_job)."""
+import json
+import re
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+import raydal
+from raydal.cli import main
+from raydal.labels import LabelLog
+from raydal.models import ModelSpec
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("select-cli")
+    images = np.random.default_rng(4).integers(0, 256, (120, 28, 28), dtype=np.uint8)
+    pool = raydal.Pool.from_numpy(images, path=tmp / "pool.parquet")
+    spec = ModelSpec(name="test_resnet", num_classes=10, in_chans=1, img_size=32)
+    ckpt = raydal.save_checkpoint(raydal.create_model(spec, seed=0), spec, tmp / "ckpt")
+    labeled = {f"{i:08d}": i % 10 for i in range(10)}
+    LabelLog(tmp / "run" / "labels").append(0, labeled, source="test", num_classes=10)
+    return tmp, pool, str(ckpt), labeled
+
+
+def args(tmp, pool, ckpt, out):
+    return ["--pool", pool.path, "--checkpoint", ckpt, "--strategy", "dynamicAL",
+            "--strategy-options", '{"ip_weight": 1.0}', "--budget", "12",
+            "--labels", str(tmp / "run"), "--out", str(out), "--num-actors", "1",
+            "--batch-size", "64"]
+
+
+def test_cli_select_equals_the_job_and_the_library(ray_cluster, inputs, capsys, monkeypatch):
+    tmp, pool, ckpt, labeled = inputs
+    assert main(["select", *args(tmp, pool, ckpt, tmp / "cli.parquet")]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["num_selected"] == 12 and summary["num_labeled"] == 10
+    assert summary["num_scored"] == 110
+    monkeypatch.setattr(sys, "argv", ["select_round.py", *args(tmp, pool, ckpt,
+                                                               tmp / "job.parquet")])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(ROOT / "jobs" / "select_round.py"), run_name="__main__")
+    assert done.value.code == 0
+    want = raydal.select(pool, ckpt, "dynamicAL", 12, labeled=labeled,
+                         strategy_options={"ip_weight": 1.0}, num_actors=1, batch_size=64)
+    cli, job = pq.read_table(tmp / "cli.parquet"), pq.read_table(tmp / "job.parquet")
+    assert cli.schema.names == ["id", "score", "rank"]
+    assert cli.column("id").to_pylist() == job.column("id").to_pylist() == list(want.ids)
+    assert cli.column("rank").to_pylist() == list(range(12))
+    assert not set(cli.column("id").to_pylist()) & set(labeled)
+    np.testing.assert_allclose(cli.column("score").to_numpy(), np.asarray(want.scores),
+                               rtol=1e-9)
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--labels", "MISSING", "--labels .*MISSING does not exist"),
+    ("--strategy-options", "[1]", "--strategy-options '\\[1\\]': expected a JSON object"),
+    ("--strategy-options", "{ip", "--strategy-options '{ip' is not JSON"),
+])
+def test_cli_select_user_errors_are_one_line(inputs, capsys, option, value, message):
+    tmp, pool, ckpt, _ = inputs
+    argv = args(tmp, pool, ckpt, tmp / "never.parquet")
+    argv[argv.index(option) + 1] = str(tmp / value) if value == "MISSING" else value
+    assert main(["select", *argv]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
+    assert not (tmp / "never.parquet").exists()

@@ -230,7 +230,7 @@ class ActiveLoop:
                         fault_name=f"train-{r}")
         self._set_state(r, "trained")
         print(f"round {r}: {len(labels)} labels, test accuracy {m['test_accuracy']:.4f} "
-              f"(train {m['seconds']:.1f}s)", flush=True)
+              f"(train {m['seconds']:.1f}s, {m['startup_seconds']:.1f}s of it start-up)", flush=True)
 
     def import_labels(self, path: Where) -> tuple[int, int]:
         """Validate a label file against the pending round's picks and append it atomically.
@@ -268,6 +268,9 @@ class ActiveLoop:
                 "seconds": {"select": round(sel.get("seconds", 0.0), 3),
                             "label": round(sel.get("label_seconds", 0.0), 3),
                             "train": round(meta.get("train_seconds", 0.0), 3)},
+                # fixed cost within those: until the first scored batch / optimiser step
+                "startup_seconds": {"select": round(sel.get("startup_seconds", 0.0), 3),
+                                    "train": round(m.get("startup_seconds", 0.0), 3)},
                 "skipped_images": len(sel.get("skipped", []))})
             r += 1
         return rows

@@ -6,14 +6,22 @@ from raydal.storage import atomic_write, read_json, read_table
 
 
 def format_table(rows: list[dict]) -> str:
-    """Markdown table of per-round metrics."""
-    lines = ["| round | labeled | test acc | select s | train s | skipped |",
-             "|---:|---:|---:|---:|---:|---:|"]
+    """Markdown table of per-round metrics; "start-up" is each phase's fixed cost within its
+    seconds (selection: until the first scored batch; training: until the first optimiser step)."""
+    lines = ["| round | labeled | test acc | select s | start-up | train s | start-up | skipped |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         acc = r.get("test_accuracy")
+        sec, up = r["seconds"], r.get("startup_seconds", {})
         lines.append(f"| {r['round']} | {r['num_labeled']} | "
-                     f"{'-' if acc is None else f'{acc:.4f}'} | {r['seconds']['select']:.1f} | "
-                     f"{r['seconds']['train']:.1f} | {r.get('skipped_images', 0)} |")
+                     f"{'-' if acc is None else f'{acc:.4f}'} | {sec['select']:.1f} | "
+                     f"{up.get('select', 0.0):.1f} | {sec['train']:.1f} | "
+                     f"{up.get('train', 0.0):.1f} | {r.get('skipped_images', 0)} |")
+    if rows:
+        total = sum(r["seconds"]["select"] + r["seconds"]["train"] for r in rows)
+        fixed = sum(sum(r.get("startup_seconds", {}).values()) for r in rows)
+        lines.append(f"\nselect + train: {total:.1f} s, {fixed:.1f} s of it start-up "
+                     f"({fixed / max(total, 1e-9):.0%})")
     return "\n".join(lines)
 
 

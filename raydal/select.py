@@ -209,15 +209,17 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
     if strategy.needs_model and source.checkpoint is None and source.module_ref is None:
         raise ValueError(f"strategy {strategy.name!r} needs a model; pass model=")
 
-    context = None
+    context_ref = ray.put(None)
     if strategy.needs_labeled:
         if not labels or any(v < 0 for v in labels.values()):
             raise ValueError(f"strategy {strategy.name!r} needs the labels of the labeled set: "
                              "pass labeled={id: label, ...}")
         task = ray.remote(_prepare_context).options(num_gpus=num_gpus_per_actor,
                                                     num_cpus=num_cpus_per_actor)
-        context = ray.get(task.remote(strategy, source, pool.path, labels, batch_size,
-                                      num_gpus_per_actor))
+        # not awaited here: the labeled-set pass runs while the scoring actors start (each
+        # waits for it in its constructor)
+        context_ref = task.remote(strategy, source, pool.path, labels, batch_size,
+                                  num_gpus_per_actor)
 
     # Ray Data reads Parquet as few large blocks (several files merged, up to 128 MiB), and an
     # actor's results reach the driver when it finishes a block. About 32 blocks an actor
@@ -229,7 +231,7 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
     scores_ds = ds.map_batches(
         ScoreBatches,
         fn_constructor_kwargs=dict(source=source, strategy=strategy,
-                                   context_ref=[ray.put(context)],
+                                   context_ref=[context_ref],
                                    labeled_ref=[ray.put(frozenset(labels))], k=budget,
                                    num_gpus=num_gpus_per_actor,
                                    num_threads=int(max(1, num_cpus_per_actor))),
@@ -240,12 +242,13 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
         num_gpus=num_gpus_per_actor, num_cpus=num_cpus_per_actor)
 
     set_based = isinstance(strategy, SetStrategy)
-    merger = StreamingCandidates(strategy, budget, context) if set_based else StreamingTopK(budget)
+    merger = (StreamingCandidates(strategy, budget, ray.get(context_ref)) if set_based
+              else StreamingTopK(budget))
     skipped: list[tuple[str, str]] = []
     num_scored = 0
     startup: tuple[float, int] | None = None
     bar = _progress(pool.num_rows - len(labels), f"scoring ({strategy.name})", progress)
-    for out in scores_ds.iter_batches(batch_size=None, batch_format="numpy"):
+    for out in _batches_or_context_error(scores_ds, context_ref):
         good = out["status"] == ""
         bad = ~good & (out["status"] != COUNT_ONLY)
         merger.add(out["id"][good], features_from_bytes(out["features"][good]) if set_based
@@ -263,6 +266,16 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
         log.warning("skipped %d unreadable images (first: %s: %s)", len(skipped), *skipped[0])
     return Selection([str(i) for i in ids], scores, num_scored, skipped,
                      time.perf_counter() - t0, *(startup or (0.0, 0)))
+
+
+def _batches_or_context_error(scores_ds, context_ref) -> Iterator[dict[str, np.ndarray]]:
+    """The scored batches; if they fail, a failed labeled-set pass raises its own error first
+    (the actors waited for it, so theirs would only wrap it)."""
+    try:
+        yield from scores_ds.iter_batches(batch_size=None, batch_format="numpy")
+    except Exception:
+        ray.get(context_ref)
+        raise
 
 
 def _progress(total: int, desc: str, enabled: bool):

@@ -9,17 +9,18 @@ storage (``storage_path``) is a folder of the run directory, local or on an obje
 from __future__ import annotations
 
 import os
+import posixpath
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import ray
 import torch
 
-from raydal.fs import Where, resolve
+from raydal.fs import Location, Where, resolve
 from raydal.models import (ModelSpec, create_model, load_checkpoint, load_weights,
                            read_checkpoint_meta, save_checkpoint, train_mode)
 from raydal.pool import Pool
@@ -83,15 +84,17 @@ def _train_func(config: dict) -> None:
     spec = ModelSpec.from_dict(config["spec"])
     s = TrainSettings(**config["settings"])
     torch.manual_seed(s.seed)
-    restored = ray.train.get_checkpoint()
+    local_dir = config.get("local_checkpoints")  # Ray Train's local mode (one worker in a task)
+    if local_dir is not None:
+        torch.set_num_threads(max(1, int(s.cpus_per_worker)))
+    restored = _restore(local_dir)
     # pretrained weights only for a fresh start: a checkpoint's weights replace them anyway
     model = create_model(spec, seed=s.seed,
                          pretrained=restored is None and not config["init_checkpoint"])
     start_epoch = 0
     if restored is not None:  # restarted after a worker failure: continue from the last report
-        with restored.as_directory() as d:
-            model.load_state_dict(load_weights(d))
-            start_epoch = read_checkpoint_meta(d)["epoch"]
+        weights, start_epoch = restored
+        model.load_state_dict(weights)
     elif config["init_checkpoint"]:
         model.load_state_dict(load_weights(config["init_checkpoint"]))
     model = ray.train.torch.prepare_model(model)
@@ -104,6 +107,7 @@ def _train_func(config: dict) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     tracker = config["tracker"][0] if rank == 0 else None
     loss_sum, seen = 0.0, 0
+    first_step: float | None = None  # wall clock of the first optimiser step
     for epoch in range(start_epoch, s.epochs):
         train_mode(model)
         loss_sum, seen = 0.0, 0
@@ -117,6 +121,7 @@ def _train_func(config: dict) -> None:
             loss = loss_fn(model(x), batch["label"])
             loss.backward()
             opt.step()
+            first_step = first_step or time.time()
             loss_sum += float(loss) * len(x)
             seen += len(x)
         if tracker is not None:
@@ -124,7 +129,7 @@ def _train_func(config: dict) -> None:
         _maybe_die(config.get("fault_marker"), rank, epoch + 1)
         if s.checkpoint_every and (epoch + 1) % s.checkpoint_every == 0 and epoch + 1 < s.epochs:
             _report(model, spec, {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1)},
-                    rank)
+                    rank, local_dir)
     # "test" is not split across workers (DataConfig in train_round): rank 0 evaluates every
     # row exactly once (an equal split would drop the remainder rows).
     # The unwrapped module: a DDP forward syncs buffers with every rank and would wait forever.
@@ -133,7 +138,9 @@ def _train_func(config: dict) -> None:
                       if rank == 0 else (0, 0))
     _report(model, spec, {"epoch": s.epochs, "test_accuracy": correct / max(total, 1),
                           "test_count": total, "train_loss": loss_sum / max(seen, 1),
-                          "resumed_from_epoch": start_epoch}, rank)
+                          "resumed_from_epoch": start_epoch,
+                          "startup_seconds": (first_step or time.time()) - config["started_at"]},
+            rank, local_dir)
 
 
 def _maybe_die(marker: str | None, rank: int, epoch: int) -> None:
@@ -145,10 +152,18 @@ def _maybe_die(marker: str | None, rank: int, epoch: int) -> None:
         os._exit(1)
 
 
-def _report(model, spec: ModelSpec, metrics: dict, rank: int) -> None:
-    """Every worker reports; rank 0 attaches the weights as a checkpoint (meta has the epoch)."""
+def _report(model, spec: ModelSpec, metrics: dict, rank: int,
+            local_dir: Location | None = None) -> None:
+    """Every worker reports; rank 0 attaches the weights as a checkpoint (meta has the epoch).
+
+    In local mode Ray Train keeps a checkpoint only in memory: rank 0 writes it to
+    ``local_dir/epoch-NNNN`` instead, where a retried task finds it.
+    """
     import ray.train
-    if rank != 0:
+    if local_dir is not None:
+        save_checkpoint(model, spec, local_dir / f"epoch-{metrics['epoch']:04d}",
+                        {"metrics": metrics, "epoch": metrics["epoch"]})
+    if rank != 0 or local_dir is not None:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as d:
@@ -156,6 +171,26 @@ def _report(model, spec: ModelSpec, metrics: dict, rank: int) -> None:
                         {"metrics": metrics, "epoch": metrics["epoch"]})
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(
             str(Path(d) / "ckpt")))
+
+
+def _restore(local_dir: Location | None) -> tuple[dict[str, torch.Tensor], int] | None:
+    """(weights, epoch) of the last checkpoint this round reported, or None on a first start:
+    Ray Train's own for a restarted worker group, ``last_epoch_checkpoint`` in local mode."""
+    import ray.train
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as d:
+            return load_weights(d), read_checkpoint_meta(d)["epoch"]
+    last = last_epoch_checkpoint(local_dir) if local_dir is not None else None
+    return None if last is None else (load_weights(last), read_checkpoint_meta(last)["epoch"])
+
+
+def last_epoch_checkpoint(folder: Location) -> Location | None:
+    """The complete ``epoch-NNNN`` checkpoint in ``folder`` with the highest epoch (complete:
+    its meta.json, written last, exists), or None."""
+    metas = [f.path for f in folder.files(recursive=True) if f.base_name == "meta.json"
+             and posixpath.basename(posixpath.dirname(f.path)).startswith("epoch-")]
+    return folder / posixpath.basename(posixpath.dirname(max(metas))) if metas else None
 
 
 @ray.remote(num_cpus=0)
@@ -172,13 +207,14 @@ class EpochTracker:
         return self.state
 
 
-def _fit_with_progress(trainer, tracker, epochs: int, enabled: bool, fault_name: str):
-    """trainer.fit() in a thread while a tqdm bar follows the tracker."""
+def _fit_with_progress(fit: Callable[[], Any], tracker, epochs: int, enabled: bool,
+                       fault_name: str):
+    """fit() in a thread while a tqdm bar follows the tracker."""
     import threading
     from tqdm.auto import tqdm
 
     out: dict = {}
-    thread = threading.Thread(target=lambda: out.update(result=_call(trainer.fit)), daemon=True)
+    thread = threading.Thread(target=lambda: out.update(result=_call(fit)), daemon=True)
     thread.start()
     with tqdm(total=epochs, desc="training", unit="epoch", disable=not enabled,
               leave=False) as bar:
@@ -214,47 +250,94 @@ def _evaluate(model, shard, spec: ModelSpec, device) -> tuple[int, int]:
     return correct, total
 
 
+def _fit_in_task(config: dict, datasets: dict, run: Location) -> dict:
+    """Ray task of one worker: Ray Train's local mode (``num_workers=0``: no controller actor,
+    no worker group, the same ``ray.train`` calls) runs ``_train_func`` in this process, and
+    the task's retries replace Ray Train's FailureConfig (checkpoints go to ``run``)."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    trainer = TorchTrainer(_train_func, train_loop_config={**config, "local_checkpoints": run},
+                           scaling_config=ScalingConfig(num_workers=0),
+                           run_config=RunConfig(name=run.name), datasets=datasets)
+    return trainer.fit().metrics
+
+
+#: What a started fit returns: a function that waits for it and returns its metrics and a
+#: function that loads the trained model (called on the driver's main thread: a first
+#: ``import timm`` in a second thread can meet a half-imported torch._dynamo).
+Fit = Callable[[], tuple[dict, Callable[[], torch.nn.Module]]]
+
+
+def _one_worker_fit(config: dict, datasets: dict, settings: TrainSettings, run: Location) -> Fit:
+    """Start ``_fit_in_task``; return its ``Fit``.
+
+    A Ray task runs in one of Ray's pooled worker processes, which stay alive between rounds
+    with torch and timm imported: no controller or worker-group start-up a round. A task whose
+    process dies is retried (``max_failures`` times) and resumes from its last checkpoint.
+    """
+    task = ray.remote(_fit_in_task).options(
+        num_cpus=settings.cpus_per_worker, num_gpus=1 if settings.use_gpu else 0,
+        max_retries=settings.max_failures, retry_exceptions=False)
+    ref = task.remote(config, datasets, run)
+
+    def wait() -> tuple[dict, Callable[[], torch.nn.Module]]:
+        return ray.get(ref), lambda: load_checkpoint(run / f"epoch-{settings.epochs:04d}")[0]
+    return wait
+
+
+def _ray_train_fit(config: dict, datasets: dict, settings: TrainSettings, run: Location) -> Fit:
+    """A TorchTrainer of ``settings.num_workers`` workers (DDP); its ``Fit`` runs ``fit()``."""
+    from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    trainer = TorchTrainer(
+        _train_func, train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=settings.num_workers, use_gpu=settings.use_gpu,
+                                     resources_per_worker={"CPU": settings.cpus_per_worker}),
+        run_config=RunConfig(storage_path=run.parent.path, name=run.name,
+                             storage_filesystem=None if run.is_local else run.fs,
+                             failure_config=FailureConfig(max_failures=settings.max_failures)),
+        datasets=datasets, dataset_config=DataConfig(datasets_to_split=["train"]))
+
+    def fit() -> tuple[dict, Callable[[], torch.nn.Module]]:
+        result = trainer.fit()
+        if result.checkpoint is None:
+            raise RuntimeError(f"training reported no checkpoint (error: {result.error})")
+        return result.metrics, lambda: _load(result.checkpoint)
+    return fit
+
+
+def _load(checkpoint) -> torch.nn.Module:
+    with checkpoint.as_directory() as d:
+        return load_checkpoint(d)[0]  # written by save_checkpoint on rank 0
+
+
 def train_round(spec: ModelSpec, pool: Pool, labels: Mapping[str, int], test_path: Where,
                 settings: TrainSettings, out_checkpoint: Where,
                 init_checkpoint: Where | None, storage_path: Where,
                 progress: bool = True, fault_name: str = "train") -> dict:
     """Train on the labeled rows of ``pool``; write the checkpoint folder; return metrics.
 
-    Paths are local or URIs. Metrics: test_accuracy, test_count, train_loss, seconds (wall time
-    of the whole call).
+    Paths are local or URIs. One worker trains in a Ray task (``_one_worker_fit``), more in a
+    Ray Train worker group. Metrics: test_accuracy, test_count, train_loss, seconds (wall time
+    of the whole call), startup_seconds (from the call to the first optimiser step).
     """
-    from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    t0 = time.perf_counter()
+    t0, started_at = time.perf_counter(), time.time()
     train_ds = decoded_dataset(pool, spec.input_spec, labels)
     test_ds = decoded_dataset(Pool(test_path), spec.input_spec)
-    storage = resolve(storage_path)
     tracker = EpochTracker.remote()
-    name = f"{resolve(out_checkpoint).name}-{time.time_ns()}"
-    trainer = TorchTrainer(
-        _train_func,
-        train_loop_config={"spec": spec.to_dict(), "settings": asdict(settings),
-                           "init_checkpoint": resolve(init_checkpoint) if init_checkpoint else None,
-                           "tracker": [tracker],
-                           "fault_marker": os.environ.get("RAYDAL_FAULT_TRAIN_MARKER")},
-        scaling_config=ScalingConfig(num_workers=settings.num_workers, use_gpu=settings.use_gpu,
-                                     resources_per_worker={"CPU": settings.cpus_per_worker}),
-        run_config=RunConfig(storage_path=storage.path, name=name,
-                             storage_filesystem=None if storage.is_local else storage.fs,
-                             failure_config=FailureConfig(max_failures=settings.max_failures)),
-        datasets={"train": train_ds, "test": test_ds},
-        dataset_config=DataConfig(datasets_to_split=["train"]),
-    )
-    result = _fit_with_progress(trainer, tracker, settings.epochs, progress, fault_name)
+    run = resolve(storage_path) / f"{resolve(out_checkpoint).name}-{time.time_ns()}"
+    config = {"spec": spec.to_dict(), "settings": asdict(settings),
+              "init_checkpoint": resolve(init_checkpoint) if init_checkpoint else None,
+              "tracker": [tracker], "started_at": started_at,
+              "fault_marker": os.environ.get("RAYDAL_FAULT_TRAIN_MARKER")}
+    start = _one_worker_fit if settings.num_workers == 1 else _ray_train_fit
+    fit = start(config, {"train": train_ds, "test": test_ds}, settings, run)
+    result_metrics, load = _fit_with_progress(fit, tracker, settings.epochs, progress,
+                                              fault_name)
     ray.kill(tracker)
-    if result.checkpoint is None:
-        raise RuntimeError(f"training reported no checkpoint (error: {result.error})")
-    with result.checkpoint.as_directory() as d:
-        model, _ = load_checkpoint(d)  # written by save_checkpoint on rank 0
-        metrics = {**result.metrics, "seconds": time.perf_counter() - t0}
-        save_checkpoint(model, spec, out_checkpoint, {
-            "metrics": result.metrics, "num_labeled": len(labels),
-            "train_seconds": metrics["seconds"]})
-    (storage / name).delete()
+    metrics = {**result_metrics, "seconds": time.perf_counter() - t0}
+    save_checkpoint(load(), spec, out_checkpoint, {
+        "metrics": result_metrics, "num_labeled": len(labels),
+        "train_seconds": metrics["seconds"]})
+    run.delete()
     return metrics

@@ -43,6 +43,9 @@ def test_two_round_loop_writes_every_record(finished_run):
     assert [r["num_labeled"] for r in rows] == [40, 70]
     assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in rows)
     assert rows[1]["strategy"] == "dynamicAL" and rows[0]["strategy"] == "random"
+    for r in rows:  # each phase's start-up is recorded, and is part of its time
+        for phase in ("select", "train"):
+            assert 0 < r["startup_seconds"][phase] <= r["seconds"][phase], (phase, r)
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["round"] for line in lines] == [0, 1]
     labels = LabelLog(run_dir / "labels").table()

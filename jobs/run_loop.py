@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -27,21 +26,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import ray
-    import ray.data
     import raydal
+    from raydal.connect import connect
 
     cfg = raydal.load_config(args.config)
     overrides = {"progress": args.progress}
     if args.run_dir:
         overrides["run_dir"] = args.run_dir
     cfg = cfg.with_overrides(**overrides)
-    # The config's cluster, else RAY_ADDRESS (set by `ray job submit`), else a local Ray.
-    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=cfg.ray.address, log_to_driver=cfg.progress)
-    else:
-        ray.init(num_cpus=cfg.ray.num_cpus, log_to_driver=cfg.progress)
-    ray.data.DataContext.get_current().enable_progress_bars = False  # raydal draws its own
+    # The config's cluster, else RAY_ADDRESS (set by `ray job submit`), else a local Ray;
+    # a dead address fails within seconds, naming it.
+    connect(cfg.ray.address, num_cpus=cfg.ray.num_cpus, log_to_driver=cfg.progress)
     rows = raydal.ActiveLoop(cfg).run()
     for row in rows:
         print(json.dumps(row), flush=True)

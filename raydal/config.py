@@ -157,7 +157,8 @@ class TrainingConfig(_Section):
 
 
 class RayConfig(_Section):
-    address: str | None = Field(None, description="None: connect to RAY_ADDRESS or start local")
+    address: str | None = Field(None, description="None: RAY_ADDRESS, else the last `ray start`"
+                                "; 'local': a new local cluster (raydal.connect)")
     num_cpus: int | None = Field(None, ge=1, description="for a local cluster only")
     log_to_driver: bool = Field(False, description="show Ray workers' logs in the driver")
     resource_wait_s: float = Field(

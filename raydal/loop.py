@@ -16,14 +16,13 @@ The run directory, the pool and the data files are local paths or pyarrow filesy
 from __future__ import annotations
 
 import json
-import logging
-import os
 import time
 from dataclasses import dataclass
 
 import yaml
 
 from raydal.config import ConfigError, RunConfig
+from raydal.connect import connect
 from raydal.datasets import prepare_dataset
 from raydal.fs import Location, Where, resolve
 from raydal.labels import LabelLog
@@ -32,6 +31,7 @@ from raydal.oracle import (SimulatedOracle, export_for_labeling, parse_label_fil
                            to_label_paths, validate_against_picks)
 from raydal.pool import Pool
 from raydal.scoring.base import create_strategy
+from raydal.shared_paths import check_shared
 from raydal.storage import (atomic_write_bytes, atomic_write_json, atomic_write_parquet,
                             fault_point, read_json, read_table, run_dir_lock)
 
@@ -57,23 +57,6 @@ class AwaitingLabels(Exception):
         self.round, self.csv_path = round_, csv_path
 
 
-def ensure_ray(cfg: RunConfig) -> None:
-    """Connect to the configured (or RAY_ADDRESS) cluster, or start a local one."""
-    import ray
-    if ray.is_initialized():
-        return
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    kwargs = dict(include_dashboard=False, logging_level=logging.WARNING,
-                  log_to_driver=cfg.ray.log_to_driver)
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=cfg.ray.num_cpus, **kwargs)
-    import ray.data
-    ray.data.DataContext.get_current().enable_progress_bars = False  # raydal draws its own
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-
-
 class ActiveLoop:
     """``ActiveLoop(config).run()`` runs (or resumes) the loop in ``config.run_dir``."""
 
@@ -94,7 +77,9 @@ class ActiveLoop:
         """Run every remaining step; return the per-round metrics."""
         with run_dir_lock(self.run_dir):
             self._check_resume_config()
-            ensure_ray(self.config)
+            connect(self.config.ray.address, num_cpus=self.config.ray.num_cpus,
+                    log_to_driver=self.config.ray.log_to_driver)
+            self._check_shared()
             data = self._prepare_data()
             cfg = self.config
             try:
@@ -131,6 +116,20 @@ class ActiveLoop:
                     f"{', '.join(changed)}; resume with the same values (see its config.yaml) "
                     "or choose a new run_dir")
         atomic_write_bytes(path, yaml.safe_dump(new, sort_keys=False).encode())
+
+    def _check_shared(self) -> None:
+        """On a cluster of many nodes, refuse before any work a local path that the nodes
+        running actors and trainers cannot read (see raydal.shared_paths)."""
+        d = self.config.data
+        subsampled = bool(d.pool_subsample), bool(d.test_subsample)  # copies go to run_dir
+        outputs = {"run_dir": self.run_dir}
+        inputs = {}
+        if d.dataset is not None and not all(subsampled):
+            outputs["data.prepared_dir"] = d.prepared_dir
+        elif d.dataset is None:
+            inputs = {"data.pool": None if subsampled[0] else d.pool,
+                      "data.test": None if subsampled[1] else d.test}
+        check_shared(inputs, outputs)
 
     def _prepare_data(self) -> RunData:
         d, seed = self.config.data, self.config.seed
@@ -195,7 +194,7 @@ class ActiveLoop:
                 "round": r, "strategy": strategy.name, "budget": budget,
                 "num_selected": len(sel.ids), "num_scored": sel.num_scored,
                 "seconds": sel.seconds, "startup_seconds": sel.startup_seconds,
-                "skipped": [list(x) for x in sel.skipped]})
+                "nodes": sel.nodes, "skipped": [list(x) for x in sel.skipped]})
             atomic_write_parquet(sel_path, sel.to_table())  # the commit point of a selection
             fault_point(f"selected-{r}")
         self._set_state(r, "label")

@@ -25,6 +25,7 @@ from raydal.models import ModelSpec, load_checkpoint, read_checkpoint_meta
 from raydal.pool import Pool
 from raydal.scoring.base import Strategy, create_strategy
 from raydal.scoring.diversity import SetStrategy, StreamingCandidates, features_from_bytes
+from raydal.shared_paths import check_shared
 from raydal.transforms import InputSpec, decode_rows, to_model_input
 
 log = logging.getLogger("raydal")
@@ -41,6 +42,7 @@ class Selection:
     seconds: float = 0.0          # wall time of the whole selection
     startup_seconds: float = 0.0  # until the first scored batch reached the driver
     startup_rows: int = 0         # rows scored (or skipped) in that first batch
+    nodes: list[str] = field(default_factory=list)  # Ray node ids of the scoring actors
 
     def to_table(self) -> pa.Table:
         return pa.table({"id": pa.array(self.ids, pa.string()),
@@ -105,6 +107,7 @@ class ScoreBatches:
         self.context = ray.get(context_ref[0])
         self.labeled = ray.get(labeled_ref[0])
         self.k = k
+        self.node = ray.get_runtime_context().get_node_id()
         self.running = RunningTopK(k)  # no lock: Ray Data calls an actor one batch at a time
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -135,6 +138,7 @@ class ScoreBatches:
         if len(out_ids):
             n_scored[0] = len(ok)
         return {"id": np.asarray(out_ids, dtype=object), "score": np.asarray(out_scores),
+                "node": np.full(len(out_ids), self.node, dtype=object),
                 "status": np.asarray(status, dtype=object), "n_scored": n_scored,
                 **self._feature_column(out_feats, len(bad))}
 
@@ -206,6 +210,7 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
         strategy = create_strategy(strategy, **(strategy_options or {}))
     labels = dict(labeled) if isinstance(labeled, Mapping) else {i: -1 for i in (labeled or [])}
     source = model_source(model, input_spec)
+    check_shared({"pool": pool.path, "model": source.checkpoint})  # many nodes, local paths
     if strategy.needs_model and source.checkpoint is None and source.module_ref is None:
         raise ValueError(f"strategy {strategy.name!r} needs a model; pass model=")
 
@@ -248,7 +253,9 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
     num_scored = 0
     startup: tuple[float, int] | None = None
     bar = _progress(pool.num_rows - len(labels), f"scoring ({strategy.name})", progress)
+    nodes: dict[str, None] = {}  # ordered set
     for out in _batches_or_context_error(scores_ds, context_ref):
+        nodes.update(dict.fromkeys(out["node"].tolist()))
         good = out["status"] == ""
         bad = ~good & (out["status"] != COUNT_ONLY)
         merger.add(out["id"][good], features_from_bytes(out["features"][good]) if set_based
@@ -265,7 +272,7 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
     if skipped:
         log.warning("skipped %d unreadable images (first: %s: %s)", len(skipped), *skipped[0])
     return Selection([str(i) for i in ids], scores, num_scored, skipped,
-                     time.perf_counter() - t0, *(startup or (0.0, 0)))
+                     time.perf_counter() - t0, *(startup or (0.0, 0)), nodes=list(nodes))
 
 
 def _batches_or_context_error(scores_ds, context_ref) -> Iterator[dict[str, np.ndarray]]:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import ray
 import torch
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from raydal.fs import Location, Where, resolve
 from raydal.models import (ModelSpec, create_model, load_checkpoint, load_weights,
@@ -105,6 +106,7 @@ def _train_func(config: dict) -> None:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     train_shard = ray.train.get_dataset_shard("train")
+    config["tracker"][0].worker_node.remote(ray.get_runtime_context().get_node_id())
     tracker = config["tracker"][0] if rank == 0 else None
     loss_sum, seen = 0.0, 0
     first_step: float | None = None  # wall clock of the first optimiser step
@@ -199,6 +201,14 @@ class EpochTracker:
 
     def __init__(self):
         self.state: tuple[int, float | None] = (0, None)
+        self.nodes: list[str] = []  # Ray node ids of the workers, in order of (re)start
+
+    def worker_node(self, node_id: str) -> None:
+        if node_id not in self.nodes:
+            self.nodes.append(node_id)
+
+    def get_nodes(self) -> list[str]:
+        return self.nodes
 
     def update(self, epoch: int, loss: float) -> None:
         self.state = (epoch, loss)
@@ -324,7 +334,9 @@ def train_round(spec: ModelSpec, pool: Pool, labels: Mapping[str, int], test_pat
     t0, started_at = time.perf_counter(), time.time()
     train_ds = decoded_dataset(pool, spec.input_spec, labels)
     test_ds = decoded_dataset(Pool(test_path), spec.input_spec)
-    tracker = EpochTracker.remote()
+    # on the driver's node: losing a worker node must not lose the tracker
+    tracker = EpochTracker.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        ray.get_runtime_context().get_node_id(), soft=True)).remote()
     run = resolve(storage_path) / f"{resolve(out_checkpoint).name}-{time.time_ns()}"
     config = {"spec": spec.to_dict(), "settings": asdict(settings),
               "init_checkpoint": resolve(init_checkpoint) if init_checkpoint else None,
@@ -334,10 +346,11 @@ def train_round(spec: ModelSpec, pool: Pool, labels: Mapping[str, int], test_pat
     fit = start(config, {"train": train_ds, "test": test_ds}, settings, run)
     result_metrics, load = _fit_with_progress(fit, tracker, settings.epochs, progress,
                                               fault_name)
+    nodes = ray.get(tracker.get_nodes.remote())
     ray.kill(tracker)
-    metrics = {**result_metrics, "seconds": time.perf_counter() - t0}
+    metrics = {**result_metrics, "seconds": time.perf_counter() - t0, "nodes": nodes}
     save_checkpoint(load(), spec, out_checkpoint, {
         "metrics": result_metrics, "num_labeled": len(labels),
-        "train_seconds": metrics["seconds"]})
+        "train_seconds": metrics["seconds"], "nodes": nodes})
     run.delete()
     return metrics

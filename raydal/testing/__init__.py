@@ -1,0 +1,1 @@
+"""Test and demo helpers that run real processes (no mocks): ``raydal.testing.cluster``."""

@@ -1,0 +1,364 @@
+"""A Ray cluster on this machine that behaves like a cloud cluster: no shared filesystem.
+
+    sudo python -m raydal.testing.cluster --workers 2 --private /tmp/data   # Ctrl-C stops it
+
+The head (``ray start --head``, 0 CPUs by default, as ``cluster.yaml``'s head) runs in this
+machine's mount namespace, so drivers started here run "on the head". Each worker node runs in
+its own mount namespace (``unshare --mount --propagation private``, root only) with an empty
+tmpfs over the cluster's base folder (its own Ray temp dir lives there) and over every
+``private`` path: no node reads another node's files there. Storage every node shares must be
+reached over the network, e.g. an S3 server on 127.0.0.1. Every node listens on 127.0.0.1 with
+its own ports.
+
+Each node is started in its own process group and stopped by killing exactly its processes
+(a worker: every process in its mount namespace; the head: its process group, its descendants
+and whatever names its temp dir). ``ray stop`` is never used: it stops every Ray on the machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def unavailable_reason() -> str | None:
+    """Why a LocalCluster with worker nodes cannot start here (None: it can)."""
+    if sys.platform != "linux":
+        return "needs Linux mount namespaces"
+    if os.geteuid() != 0:
+        return "needs root (unshare --mount and tmpfs mounts); CI runs as root"
+    if shutil.which("unshare") is None:
+        return "needs util-linux's unshare"
+    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"unshare --mount fails here: {probe.stderr.strip()}"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_args() -> list[str]:
+    """Distinct ports for one node's agents (nodes on one IP must not share them)."""
+    return [f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(p.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _in_namespace(ns: str) -> list[int]:
+    """PIDs whose mount namespace is ``ns`` (a readlink of /proc/PID/ns/mnt)."""
+    pids = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if os.readlink(p / "ns" / "mnt") == ns:
+                    pids.append(int(p.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _naming(marker: str) -> list[int]:
+    """PIDs whose command line contains ``marker`` (a node's unique temp dir)."""
+    pids = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit() and int(p.name) != os.getpid():
+            try:
+                if marker in (p / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(p.name))
+            except OSError:
+                continue
+    return pids
+
+
+@dataclass
+class Node:
+    """One Ray node: its ``ray start --block`` process and how to find all of its processes."""
+
+    name: str
+    proc: subprocess.Popen
+    temp_dir: str
+    namespace: str | None = None  # mount namespace of a worker node
+    log: Path | None = None
+
+    def processes(self) -> list[int]:
+        """Every live process of this node (leader, process group, descendants, namespace)."""
+        roots = {self.proc.pid}
+        if self.namespace:
+            roots |= set(_in_namespace(self.namespace))
+        else:
+            roots |= set(_naming(self.temp_dir))
+        kids, found, stack = _children(), set(), list(roots)
+        while stack:
+            pid = stack.pop()
+            if pid not in found:
+                found.add(pid)
+                stack += kids.get(pid, [])
+        return sorted(p for p in found if _alive(p))
+
+    def kill(self, sig: int = signal.SIGKILL, timeout_s: float = 20.0) -> None:
+        """Send ``sig`` to every process of the node, then SIGKILL what is left; wait until
+        none is alive (a node lost with its machine)."""
+        deadline = time.monotonic() + timeout_s
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        while True:
+            pids = self.processes()
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, sig if time.monotonic() < deadline else signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.2)
+        if self.proc.poll() is None:
+            self.proc.wait(5)
+
+
+@dataclass
+class LocalCluster:
+    """A head plus worker nodes on 127.0.0.1 (see the module docstring). Use as a context
+    manager, or ``start()`` / ``stop()``.
+
+    private: paths hidden from every worker node (each gets its own empty tmpfs there), on
+    top of the cluster's base folder. env: extra environment of every node.
+    """
+
+    num_workers: int = 2
+    head_cpus: int = 0
+    worker_cpus: int = 1
+    worker_resources: dict = field(default_factory=dict)
+    private: tuple = ()
+    env: dict = field(default_factory=dict)
+    head: Node | None = None
+    workers: dict = field(default_factory=dict)
+    base: str = ""
+    port: int = 0
+    dashboard_port: int = 0
+
+    @property
+    def address(self) -> str:
+        """The GCS address: RAY_ADDRESS for drivers on this machine. (The head's address file,
+        ``base/ray/ray_current_cluster``, names this machine's IP instead of 127.0.0.1.)"""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        """The job server, for ``ray job submit --address``."""
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def node_env(self) -> dict:
+        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+               "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+               **self.env}
+        env.pop("RAY_ADDRESS", None)
+        return env
+
+    def start(self, timeout_s: float = 600.0) -> "LocalCluster":
+        # short: Ray's unix socket paths must stay under 108 bytes
+        self.base = tempfile.mkdtemp(prefix="rdmn-", dir="/tmp")
+        self.port, self.dashboard_port = free_port(), free_port()
+        temp = f"{self.base}/ray"  # Ray's default temp dir for RAY_TMPDIR=base
+        cmd = [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+               f"--port={self.port}", f"--num-cpus={self.head_cpus}", "--num-gpus=0",
+               "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+               f"--ray-client-server-port={free_port()}", f"--temp-dir={temp}",
+               "--disable-usage-stats", *port_args()]
+        try:
+            for attempt in range(3):  # see add_worker
+                self.head = self._spawn("head", cmd, temp, namespace=False)
+                try:
+                    self._wait_started(self.head, timeout_s)
+                    break
+                except RuntimeError:
+                    self.head.kill()
+                    if attempt == 2:
+                        raise
+            for i in range(self.num_workers):  # one by one: a loaded machine starts them slowly
+                self.add_worker(f"worker-{i}", timeout_s=timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def add_worker(self, name: str, num_cpus: int | None = None, resources: dict | None = None,
+                   timeout_s: float = 600.0, attempts: int = 3) -> Node:
+        """Start a worker node in its own mount namespace; return once it runs. A raylet that
+        misses Ray's fixed 30 s registration window (a loaded machine) is started again."""
+        for attempt in range(attempts):
+            node = self._start_worker(name, num_cpus, resources)
+            try:
+                self._wait_started(node, timeout_s)
+                return node
+            except RuntimeError:
+                self.workers.pop(name).kill()
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start_worker(self, name: str, num_cpus: int | None, resources: dict | None) -> Node:
+        temp = f"{self.base}/{name}"
+        ray_cmd = [RAY, "start", "--block", f"--address={self.address}",
+                   "--node-ip-address=127.0.0.1",
+                   f"--num-cpus={self.worker_cpus if num_cpus is None else num_cpus}",
+                   "--num-gpus=0", f"--temp-dir={temp}", "--disable-usage-stats",
+                   f"--resources={json.dumps({**self.worker_resources, **(resources or {})})}",
+                   f"--object-manager-port={free_port()}", f"--node-manager-port={free_port()}",
+                   *port_args()]
+        hide = [self.base, *map(str, self.private)]
+        script = "set -e; " + "; ".join(
+            f"mkdir -p {shlex.quote(p)}; mount -t tmpfs tmpfs {shlex.quote(p)}" for p in hide)
+        script += f"; mkdir -p {shlex.quote(temp)}; exec {shlex.join(ray_cmd)}"
+        cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
+        node = self._spawn(name, cmd, temp, namespace=True)
+        self.workers[name] = node
+        return node
+
+    def _spawn(self, name: str, cmd: list[str], temp: str, namespace: bool) -> Node:
+        log = Path(self.base) / f"{name}.log"
+        proc = subprocess.Popen(cmd, env=self.node_env(), stdout=log.open("wb"),
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        ns = None
+        if namespace:  # the namespace exists once unshare has exec'ed sh (its ns differs)
+            own = os.readlink("/proc/self/ns/mnt")
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    ns = os.readlink(f"/proc/{proc.pid}/ns/mnt")
+                except OSError:
+                    ns = None
+                if ns and ns != own:
+                    break
+                time.sleep(0.05)
+            if not ns or ns == own:
+                raise RuntimeError(f"{name}: unshare did not enter a new mount namespace; "
+                                   f"log: {log.read_text()[-2000:]}")
+        return Node(name, proc, temp, ns, log)
+
+    def alive_nodes(self) -> list[dict]:
+        """Ray's view of the live nodes, asked from a separate process (this one may already
+        be connected to another cluster)."""
+        code = ("import json, ray; ray.init(address=%r, log_to_driver=False, "
+                "logging_level='ERROR'); print(json.dumps([{'id': n['NodeID'], 'resources': "
+                "n['Resources']} for n in ray.nodes() if n['Alive']]))" % self.address)
+        out = subprocess.run([sys.executable, "-c", code], env=self.node_env(),
+                             capture_output=True, text=True, timeout=120)
+        if out.returncode != 0:
+            raise RuntimeError(f"cannot list the nodes of {self.address}: {out.stderr[-2000:]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    def _wait_started(self, node: Node, timeout_s: float) -> None:
+        """Until ``node``'s ``ray start`` reports its runtime started; RuntimeError if it
+        exits first, TimeoutError after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if b"Ray runtime started" in node.log.read_bytes():
+                return
+            if node.proc.poll() is not None:
+                raise RuntimeError(f"{node.name} exited ({node.proc.returncode}); log:\n"
+                                   f"{node.log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        raise TimeoutError(f"{node.name} did not start within {timeout_s:.0f} s; its log: "
+                           f"{node.log}")
+
+    def worker_running(self, title: str) -> str | None:
+        """The name of a worker node with a process whose command line (Ray sets it to
+        ``ray::NAME`` for a task or actor) contains ``title``; None if none has one."""
+        for name, node in self.workers.items():
+            for pid in node.processes():
+                try:
+                    if title in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                        return name
+                except OSError:
+                    continue
+        return None
+
+    def kill_worker(self, name: str) -> None:
+        """SIGKILL every process of worker ``name`` (raylet, object store, workers)."""
+        self.workers.pop(name).kill(signal.SIGKILL)
+
+    def kill_head(self) -> None:
+        """SIGKILL every process of the head (its address file stays, as in a real crash)."""
+        self.head.kill(signal.SIGKILL)
+
+    def stop(self) -> None:
+        for node in list(self.workers.values()):
+            node.kill(signal.SIGTERM)
+        self.workers.clear()
+        if self.head is not None:
+            self.head.kill(signal.SIGTERM)
+        if self.base:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+    def __enter__(self) -> "LocalCluster":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workers", type=int, default=2, help="worker nodes")
+    p.add_argument("--worker-cpus", type=int, default=1)
+    p.add_argument("--head-cpus", type=int, default=0)
+    p.add_argument("--private", action="append", default=[],
+                   help="a path every worker sees as an empty private folder (repeatable)")
+    args = p.parse_args(argv)
+    if reason := unavailable_reason():
+        print(f"error: cannot start a multi-node cluster here: {reason}", file=sys.stderr)
+        return 2
+    with LocalCluster(args.workers, args.head_cpus, args.worker_cpus,
+                      private=tuple(args.private)) as cluster:
+        print(json.dumps({"address": cluster.address, "dashboard": cluster.dashboard_url,
+                          "logs": cluster.base}), flush=True)
+        print("Ctrl-C stops every node of this cluster (and nothing else)", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,8 +1,8 @@
 """jobs/select_round.py submitted with ``ray job submit`` to a head started here, on loopback.
 
-The head is a separate ``ray start`` (own --temp-dir, own ports, RAY_AUTH_MODE=disabled), never
-the session's ``ray_cluster``: this test calls no ``ray.init`` in the pytest process, and stops
-only the processes of its own head (found by its unique temp dir; ``ray stop`` would stop every
+The head is a separate ``ray start`` (raydal.testing.cluster: own --temp-dir, own ports,
+RAY_AUTH_MODE=disabled), never the session's ``ray_cluster``: this test calls no ``ray.init`` in
+the pytest process, and stops only the processes of its own head (``ray stop`` would stop every
 Ray on the machine).
 """
 from __future__ import annotations
@@ -10,12 +10,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from raydal.testing.cluster import LocalCluster
+
 ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
 #: Never uploaded with the working dir: large or machine-local.
@@ -31,83 +29,11 @@ EXCLUDES = ["data/", "runs/", ".git/", "benchmarks/results/", ".pytest_cache/", 
             "*.egg-info/", ".venv/", "venv/"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            kids.setdefault(ppid, []).append(int(p.name))
-    return kids
-
-
-def _processes_of(marker: str) -> list[int]:
-    """PIDs whose command line contains ``marker`` (our temp dir), and all their descendants."""
-    roots = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit() and int(p.name) != os.getpid():
-            try:
-                if marker in (p / "cmdline").read_bytes().decode(errors="replace"):
-                    roots.append(int(p.name))
-            except OSError:
-                continue
-    kids, found, stack = _children(), set(), list(roots)
-    while stack:
-        pid = stack.pop()
-        if pid not in found:
-            found.add(pid)
-            stack += kids.get(pid, [])
-    return sorted(found)
-
-
-def _kill_all(marker: str, grace_s: float = 10.0) -> None:
-    """SIGTERM every process of our head, then SIGKILL what is left after ``grace_s``."""
-    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        pids = _processes_of(marker)
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + wait
-        while pids and time.monotonic() < deadline:
-            pids = [p for p in pids if Path(f"/proc/{p}").exists()
-                    and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1][:3]]
-            time.sleep(0.2)
-        if not pids:
-            return
-
-
 @pytest.fixture
 def ray_head():
     """A Ray head on 127.0.0.1 with a dashboard (job server) on 127.0.0.1; yields (address, env)."""
-    temp = tempfile.mkdtemp(prefix="rdjob-", dir="/tmp")  # short: unix socket paths are limited
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
-    env.pop("RAY_ADDRESS", None)
-    dash = _free_port()
-    cmd = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
-           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
-           "--num-gpus=0", f"--temp-dir={temp}", "--disable-usage-stats",
-           f"--ray-client-server-port={_free_port()}",
-           f"--dashboard-agent-listen-port={_free_port()}",
-           f"--dashboard-agent-grpc-port={_free_port()}",
-           f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
-    try:
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, f"ray start failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
-        yield f"http://127.0.0.1:{dash}", env
-    finally:
-        _kill_all(temp)
-        shutil.rmtree(temp, ignore_errors=True)
+    with LocalCluster(num_workers=0, head_cpus=2) as head:
+        yield head.dashboard_url, head.node_env()
 
 
 def _make_inputs(tmp: Path) -> dict:

@@ -77,3 +77,12 @@ def test_imagenet_config_loads():
     assert cfg.training.num_workers >= 2
     for p in (cfg.data.pool, cfg.data.truth, cfg.data.test):
         assert os.path.isabs(p), p  # local (shared-mount) placeholder paths, see the config
+
+
+def test_local_test_cluster_has_the_heads_shape(cluster):
+    """raydal.testing.cluster (the multi-node tests' cluster) starts heads as cluster.yaml's:
+    no CPU or GPU for work, so actors and trainers must run on worker nodes."""
+    from raydal.testing.cluster import LocalCluster
+    head = cluster["available_node_types"]["head"]["resources"]
+    assert LocalCluster().head_cpus == head["CPU"] == 0
+    assert head.get("GPU", 0) == 0

@@ -64,7 +64,6 @@ class DynamicALBatch(SetStrategy):
     oversample (candidates kept = oversample x budget)."""
 
     name: ClassVar[str] = "dynamicAL_batch"
-    needs_labeled: ClassVar[bool] = True
     ip_weight: float = 2.0
     params: str = "all"
     gradient_reduction: str = "sum"
@@ -85,6 +84,10 @@ class DynamicALBatch(SetStrategy):
         if isinstance(self.diversity, bool) or not isinstance(self.diversity, (int, float)) \
                 or not self.diversity >= 0:
             raise ValueError(f"diversity must be a float >= 0, got {self.diversity!r}")
+
+    @property
+    def needs_labeled(self) -> bool:
+        return self._score.needs_labeled
 
     def prepare(self, model, labeled):
         return self._score.prepare(model, labeled)

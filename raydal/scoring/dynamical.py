@@ -24,7 +24,6 @@ class DynamicAL(Strategy):
     chunk_size (samples per vmap chunk), mixed_precision (bfloat16 autocast)."""
 
     name: ClassVar[str] = "dynamicAL"
-    needs_labeled: ClassVar[bool] = True
     ip_weight: float = 2.0
     params: str = "all"
     method: str = "fast"
@@ -46,6 +45,11 @@ class DynamicAL(Strategy):
             raise ValueError(f"chunk_size must be a positive int, got {self.chunk_size!r}")
         if not isinstance(self.mixed_precision, bool):
             raise ValueError(f"mixed_precision must be a bool, got {self.mixed_precision!r}")
+
+    @property
+    def needs_labeled(self) -> bool:
+        """g_L enters only through the inner-product term: no labeled pass when ip_weight is 0."""
+        return self.ip_weight != 0
 
     def prepare(self, model, labeled) -> dict[str, torch.Tensor]:
         """g_L as {parameter name: CPU tensor}: the sum (or mean) of the labeled gradients.

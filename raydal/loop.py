@@ -15,7 +15,6 @@ The run directory, the pool and the data files are local paths or pyarrow filesy
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -26,13 +25,11 @@ from raydal.config import ConfigError, RunConfig
 from raydal.connect import connect
 from raydal.datasets import prepare_dataset
 from raydal.fs import Location, Where, resolve
-from raydal.errors import RunDirError, RunDirLocked
-from raydal.labels import LabelLog, numbered_rounds
+from raydal.labels import LabelLog
 from raydal.models import ModelSpec, checkpoint_exists, read_checkpoint_meta
 from raydal.oracle import (SimulatedOracle, export_for_labeling, parse_label_file, read_picks,
                            to_label_paths, validate_against_picks)
 from raydal.pool import Pool
-from raydal.resources import ensure_schedulable, selection_demand, training_demand
 from raydal.scoring.base import create_strategy
 from raydal.shared_paths import check_shared
 from raydal.storage import (atomic_write_bytes, atomic_write_json, atomic_write_parquet,
@@ -67,6 +64,7 @@ class ActiveLoop:
         self.config = config
         self.run_dir = resolve(run_dir or config.run_dir)  # absolute: workers run elsewhere
         self.labels = LabelLog(self.run_dir / "labels")
+        self.tracking = None  # raydal.tracking.RunTracking while run() runs, when configured
 
     # ---- paths -------------------------------------------------------------------------------
     def selection_path(self, r: int) -> Location:
@@ -78,20 +76,20 @@ class ActiveLoop:
     # ---- the loop ----------------------------------------------------------------------------
     def run(self) -> list[dict]:
         """Run every remaining step; return the per-round metrics."""
-        with self._nothing_left_if_first_run_fails(), run_dir_lock(self.run_dir):
+        with run_dir_lock(self.run_dir):
             self._check_resume_config()
-            self._check_labels_intact()
             connect(self.config.ray.address, num_cpus=self.config.ray.num_cpus,
                     log_to_driver=self.config.ray.log_to_driver)
-            self._check_resources()
             self._check_shared()
             data = self._prepare_data()
             cfg = self.config
+            self.tracking = self._open_tracking()
             try:
                 self._select_and_label(0, data, model=None)
                 for r in range(cfg.loop.rounds + 1):
                     self._train(r, data)
                     self._write_metrics()
+                    self._track(r, data)
                     if r < cfg.loop.rounds:
                         self._select_and_label(r + 1, data, model=self.checkpoint_path(r))
             except AwaitingLabels as wait:
@@ -101,68 +99,50 @@ class ActiveLoop:
                       f"Label Studio export), then run `raydal import-labels {self.run_dir} FILE` "
                       "and this command again", flush=True)
                 return self.metrics()
+            finally:
+                if self.tracking is not None:
+                    self.tracking.close()
             self._set_state(cfg.loop.rounds, "done")
             rows = self.metrics()
             from raydal.report import write_learning_curve
             write_learning_curve({cfg.name: rows}, self.run_dir / "report" / "learning_curve.png")
             return rows
 
-    def _bought_anything(self) -> bool:
-        """Whether a selection or a label was ever committed (round 0's selection is first)."""
-        return self.selection_path(0).exists() or bool(self.labels.rounds())
+    def _open_tracking(self):
+        """The run's MLflow/TensorBoard tracking (``raydal.tracking``), or None when off."""
+        t = self.config.tracking
+        if not (t.mlflow or t.tensorboard):
+            return None
+        from raydal.tracking import RunTracking, flatten
+        if True in (t.mlflow, t.tensorboard) and not self.run_dir.is_local:
+            raise ConfigError(f"tracking: the run directory {self.run_dir} is not local; set "
+                              "tracking.mlflow to a tracking URI (http://host:5000) and "
+                              "tracking.tensorboard to a local folder instead of true")
+        mlflow = (self.run_dir.local_path / "mlruns").as_uri() if t.mlflow is True else t.mlflow
+        board = str(self.run_dir.local_path / "tensorboard") if t.tensorboard is True \
+            else t.tensorboard
+        return RunTracking(mlflow or None, board or None, t.experiment or self.config.name,
+                           self.config.name, flatten(self.config.model_dump(mode="json")),
+                           self.run_dir / "tracking.json")
 
-    @contextlib.contextmanager
-    def _nothing_left_if_first_run_fails(self):
-        fresh = not self.run_dir.exists()
-        try:
-            yield
-        except RunDirLocked:
-            raise  # another driver's directory now
-        except BaseException:
-            if fresh and not self._bought_anything():
-                self.run_dir.delete()
-            raise
-
-    def _check_resources(self) -> None:
-        """ResourceError in seconds if actors or trainers can never be placed (raydal.resources)."""
-        s, t = self.config.selection, self.config.training
-        ensure_schedulable(
-            [selection_demand(s.num_actors, s.num_cpus_per_actor, s.num_gpus_per_actor),
-             training_demand(t.num_workers, t.cpus_per_worker, t.use_gpu)],
-            self.config.ray.resource_wait_s)
-
-    def _check_labels_intact(self) -> None:
-        """Refuse a run directory whose label file of an earlier round is gone: the rounds after
-        it were built on those labels, and buying them again would pay twice."""
-        have = set(self.labels.rounds())
-        selected = numbered_rounds(self.run_dir / "selections")
-        later = max([r - 1 for r in selected] + list(have), default=-1)
-        lost = [r for r in range(later + 1) if r not in have]
-        lost += [r for r in selected if r > later and r not in have
-                 and checkpoint_exists(self.checkpoint_path(r))]
-        fix = ("raydal never buys a label twice: restore the file(s) from a backup and run "
-               "again, or start a new run_dir")
-        if lost:
-            raise RunDirError(
-                f"{self.run_dir / 'labels'} lost the labels of round(s) {lost} (round-NNNN.parquet"
-                " deleted or moved) although later steps were built on them; " + fix)
-        try:
-            recorded = (read_json(self.run_dir / "state.json") or {}).get("num_labeled")
-        except RunDirError:
-            return  # a damaged progress note; rewritten below
-        count = len(self.labels.labels())
-        if isinstance(recorded, int) and recorded > count:
-            raise RunDirError(
-                f"{self.run_dir / 'labels'} holds {count} labels, but {recorded} were bought "
-                f"(state.json): a label file was deleted or moved; {fix} (to label the last "
-                "round again on purpose, delete state.json as well)")
+    def _track(self, r: int, data: RunData) -> None:
+        """Log trained round r (once per run directory)."""
+        if self.tracking is None:
+            return
+        from raydal.tracking import round_metrics
+        sel = self.selection_path(r)
+        scores = read_table(sel, columns=["score"]).column("score").to_numpy() \
+            if sel.exists() else None
+        t = self.labels.table()
+        picked = [y for y, rr in zip(t.column("label").to_pylist(), t.column("round").to_pylist())
+                  if rr == r]
+        self.tracking.log_round(r, round_metrics(self.metrics()[r], scores, picked,
+                                                 data.num_classes))
 
     def _check_resume_config(self) -> None:
         path = self.run_dir / "config.yaml"
         new = self.config.model_dump(mode="json")
-        if not self._bought_anything():  # nothing bought yet: any config may (re)start here
-            (self.run_dir / "data").delete()  # derived from the old data; made again
-        elif path.exists():
+        if path.exists():
             old = yaml.safe_load(path.read_text()) or {}
             changed = [k for k in _FIXED_ON_RESUME if old.get(k) != new.get(k)]
             changed += [f"loop.{k}" for k in _FIXED_LOOP
@@ -170,9 +150,8 @@ class ActiveLoop:
             if changed:
                 raise ConfigError(
                     f"run directory {self.run_dir} was started with a different "
-                    f"{', '.join(changed)}; resume with the same values (see its config.yaml), "
-                    "choose a new run_dir, or delete this one to start over (its labels are "
-                    "lost)")
+                    f"{', '.join(changed)}; resume with the same values (see its config.yaml) "
+                    "or choose a new run_dir")
         atomic_write_bytes(path, yaml.safe_dump(new, sort_keys=False).encode())
 
     def _check_shared(self) -> None:
@@ -246,7 +225,7 @@ class ActiveLoop:
                          num_gpus_per_actor=s.num_gpus_per_actor,
                          num_cpus_per_actor=s.num_cpus_per_actor,
                          input_spec=self.model_spec(data.num_classes).input_spec,
-                         progress=cfg.progress, resource_wait_s=cfg.ray.resource_wait_s)
+                         progress=cfg.progress)
             fault_point(f"select-{r}")  # scored, nothing written yet
             atomic_write_json(sel_path.with_suffix(".json"), {
                 "round": r, "strategy": strategy.name, "budget": budget,
@@ -281,11 +260,12 @@ class ActiveLoop:
         labels = self.labels.labels()
         warm = self.checkpoint_path(r - 1) if cfg.loop.warm_start and r > 0 else None
         (self.run_dir / "ray_train").delete()  # a killed run's leftovers
-        self._check_resources()
         settings = t.settings(seed=cfg.seed + r)
         m = train_round(self.model_spec(data.num_classes), data.pool, labels, data.test,
                         settings, ckpt, warm, self.run_dir / "ray_train", progress=cfg.progress,
-                        fault_name=f"train-{r}")
+                        fault_name=f"train-{r}",
+                        tracking=self.tracking.target if self.tracking else None,
+                        step0=r * cfg.training.epochs)
         self._set_state(r, "trained")
         print(f"round {r}: {len(labels)} labels, test accuracy {m['test_accuracy']:.4f} "
               f"(train {m['seconds']:.1f}s, {m['startup_seconds']:.1f}s of it start-up)", flush=True)

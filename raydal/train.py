@@ -26,6 +26,7 @@ from raydal.models import (ModelSpec, create_model, load_checkpoint, load_weight
                            read_checkpoint_meta, save_checkpoint, train_mode)
 from raydal.pool import Pool
 from raydal.storage import fault_point
+from raydal.tracking import worker_curves
 from raydal.transforms import InputSpec, decode_rows, to_model_input
 
 
@@ -108,6 +109,7 @@ def _train_func(config: dict) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     config["tracker"][0].worker_node.remote(ray.get_runtime_context().get_node_id())
     tracker = config["tracker"][0] if rank == 0 else None
+    curves = worker_curves(config.get("tracking")) if rank == 0 else None
     loss_sum, seen = 0.0, 0
     first_step: float | None = None  # wall clock of the first optimiser step
     for epoch in range(start_epoch, s.epochs):
@@ -128,6 +130,8 @@ def _train_func(config: dict) -> None:
             seen += len(x)
         if tracker is not None:
             tracker.update.remote(epoch + 1, loss_sum / max(seen, 1))
+        if curves is not None:
+            curves.log_epoch(epoch + 1, loss_sum / max(seen, 1))
         _maybe_die(config.get("fault_marker"), rank, epoch + 1)
         if s.checkpoint_every and (epoch + 1) % s.checkpoint_every == 0 and epoch + 1 < s.epochs:
             _report(model, spec, {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1)},
@@ -324,7 +328,8 @@ def _load(checkpoint) -> torch.nn.Module:
 def train_round(spec: ModelSpec, pool: Pool, labels: Mapping[str, int], test_path: Where,
                 settings: TrainSettings, out_checkpoint: Where,
                 init_checkpoint: Where | None, storage_path: Where,
-                progress: bool = True, fault_name: str = "train") -> dict:
+                progress: bool = True, fault_name: str = "train", tracking=None,
+                step0: int = 0) -> dict:
     """Train on the labeled rows of ``pool``; write the checkpoint folder; return metrics.
 
     Paths are local or URIs. One worker trains in a Ray task (``_one_worker_fit``), more in a
@@ -341,6 +346,7 @@ def train_round(spec: ModelSpec, pool: Pool, labels: Mapping[str, int], test_pat
     config = {"spec": spec.to_dict(), "settings": asdict(settings),
               "init_checkpoint": resolve(init_checkpoint) if init_checkpoint else None,
               "tracker": [tracker], "started_at": started_at,
+              "tracking": {**asdict(tracking), "step0": step0} if tracking else None,
               "fault_marker": os.environ.get("RAYDAL_FAULT_TRAIN_MARKER")}
     start = _one_worker_fit if settings.num_workers == 1 else _ray_train_fit
     fit = start(config, {"train": train_ds, "test": test_ds}, settings, run)

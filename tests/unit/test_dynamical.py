@@ -218,17 +218,6 @@ def test_fallback_is_exact_and_warns_once(caplog):
     assert all("no per-sample gradient rule" in m for m in messages)
 
 
-def test_layer_behind_a_parameter_only_path_is_exact():
-    """The conv's input needs grad only through a fallback parameter (no probe behind it): the
-    backward pass misses the conv until the probe is on every site."""
-    torch.manual_seed(0)
-    model = nn.Sequential(Scale(2), nn.Conv2d(2, 4, 3, padding=1), nn.Tanh(), nn.Flatten(),
-                          nn.Linear(4 * 8 * 8, 10)).double()
-    x = torch.randn(5, 2, 8, 8, dtype=torch.float64)
-    g_L = labeled_gradient(model, x[:3], torch.tensor([0, 1, 2]))
-    assert_close(dynamical_scores(model, x, g_L=g_L), naive_scores(model, x, g_L, list(g_L)))
-
-
 def test_reused_module_falls_back_exactly():
     torch.manual_seed(0)
 

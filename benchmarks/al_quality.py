@@ -291,7 +291,7 @@ def run(r: Regime, out: Path, data_dir: Path, threads: int, only: list[str] | No
     """Every (seed, strategy) run not yet in ``out``; the JSON is rewritten after each."""
     torch.set_num_threads(threads)
     old = json.loads(out.read_text()) if out.exists() else None
-    if old is not None and old["regime"] != json.loads(json.dumps(r.to_dict())):
+    if old is not None and not same_regime(old["regime"], r.to_dict()):
         raise SystemExit(f"{out} holds results of another regime definition; pass --out "
                          "elsewhere or delete it")
     result = old or {"regime": r.to_dict(), "runs": [], "seconds": 0.0}
@@ -319,6 +319,15 @@ def run(r: Regime, out: Path, data_dir: Path, threads: int, only: list[str] | No
               f"{c[-1]['accuracy']:.2f}% epochs {[p['epochs'] for p in c]} "
               f"({one['seconds']:.0f} s)", flush=True)
     return result
+
+
+def same_regime(a: dict, b: dict) -> bool:
+    """Whether two regime records define the same experiment (``seeds`` and ``strategies`` only
+    say which runs to do: runs of more seeds or strategies may be added to a results file)."""
+    def key(d):
+        return {k: v for k, v in json.loads(json.dumps(d)).items()
+                if k not in ("seeds", "strategies")}
+    return key(a) == key(b)
 
 
 def write_json(path: Path, obj) -> None:
@@ -480,7 +489,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.render:
         parts = [json.loads(Path(f).read_text()) for f in args.render]
-        if any(x["regime"] != parts[0]["regime"] for x in parts):
+        if any(not same_regime(x["regime"], parts[0]["regime"]) for x in parts):
             raise SystemExit("--render: the files hold different regime definitions")
         if len(parts) > 1 and not args.out:
             p.error("--render with several files (parts run in parallel) needs --out")

@@ -27,7 +27,7 @@ def setup(tmp_path_factory, random_images):
     return pool, model, ckpt, labels
 
 
-def single_process(pool, model, strategy_name, budget, labels):
+def single_process(pool, model, strategy_name, budget, labels, options=None):
     """Score every unlabeled row in one call in this process and sort: the reference."""
     table = pq.read_table(pool.path)
     keep = [i for i, v in enumerate(table.column("id").to_pylist()) if v not in labels]
@@ -35,7 +35,7 @@ def single_process(pool, model, strategy_name, budget, labels):
     arr, ok, bad = decode_rows([table.column("image")[i].as_py() for i in keep], None,
                                SPEC.input_spec)
     assert not bad
-    strategy = create_strategy(strategy_name)
+    strategy = create_strategy(strategy_name, **(options or {}))
     context = None
     if strategy.needs_labeled:
         context = strategy.prepare(model, iter_labeled_batches(pool, labels, SPEC.input_spec,
@@ -44,14 +44,17 @@ def single_process(pool, model, strategy_name, budget, labels):
     return top_k(ids, scores.double().numpy(), budget)
 
 
-@pytest.mark.parametrize("strategy", ["dynamicAL", "entropy", "random"])
+@pytest.mark.parametrize("strategy, options", [
+    ("dynamicAL", {}), ("dynamicAL", {"ip_weight": 2.0}), ("entropy", {}), ("random", {})],
+    ids=["dynamicAL", "dynamicAL-paper", "entropy", "random"])
 def test_any_actor_count_and_batch_size_gives_the_single_process_picks(
-        ray_cluster, setup, strategy):
+        ray_cluster, setup, strategy, options):
     pool, model, ckpt, labels = setup
-    ref_ids, ref_scores = single_process(pool, model, strategy, 25, labels)
+    ref_ids, ref_scores = single_process(pool, model, strategy, 25, labels, options)
     for num_actors, batch_size in [(1, 1000), (2, 64), (2, 7)]:
         sel = raydal.select(pool, ckpt, strategy, budget=25, labeled=labels,
-                            num_actors=num_actors, batch_size=batch_size, progress=False)
+                            num_actors=num_actors, batch_size=batch_size, progress=False,
+                            strategy_options=options)
         assert sel.ids == ref_ids.tolist(), (num_actors, batch_size)
         np.testing.assert_allclose(sel.scores, ref_scores, rtol=1e-5)
         assert sel.num_scored == 300 - len(labels)
@@ -77,7 +80,8 @@ def test_select_accepts_an_in_memory_module_and_skips_corrupt_images(ray_cluster
 def test_select_explains_missing_inputs(ray_cluster, setup):
     pool, model, ckpt, labels = setup
     with pytest.raises(ValueError, match="needs the labels of the labeled set"):
-        raydal.select(pool, ckpt, "dynamicAL", budget=5, labeled=list(labels), progress=False)
+        raydal.select(pool, ckpt, "dynamicAL", budget=5, labeled=list(labels), progress=False,
+                      strategy_options={"ip_weight": 2.0})
     with pytest.raises(ValueError, match="budget must be a positive int, got 0"):
         raydal.select(pool, ckpt, "entropy", budget=0, progress=False)
     with pytest.raises(ValueError, match="input_spec is required"):

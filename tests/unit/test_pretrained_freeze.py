@@ -109,7 +109,7 @@ def test_dynamical_scores_follow_the_trainable_parameters(freeze, tmp_path):
     x = torch.randn(6, 1, 32, 32, generator=gen, dtype=torch.float64)
     lx = torch.randn(8, 1, 32, 32, generator=gen, dtype=torch.float64)
     ly = torch.randint(0, 10, (8,), generator=gen)
-    strategy = create_strategy("dynamicAL")
+    strategy = create_strategy("dynamicAL", ip_weight=2.0)  # the paper's score: g_L counts
     g_L = strategy.prepare(model, [(lx, ly)])
     assert sorted(g_L) == sorted(names)
     got = strategy.score(model, x, None, g_L)

@@ -15,6 +15,7 @@ The run directory, the pool and the data files are local paths or pyarrow filesy
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -25,11 +26,13 @@ from raydal.config import ConfigError, RunConfig
 from raydal.connect import connect
 from raydal.datasets import prepare_dataset
 from raydal.fs import Location, Where, resolve
-from raydal.labels import LabelLog
+from raydal.errors import RunDirError, RunDirLocked
+from raydal.labels import LabelLog, numbered_rounds
 from raydal.models import ModelSpec, checkpoint_exists, read_checkpoint_meta
 from raydal.oracle import (SimulatedOracle, export_for_labeling, parse_label_file, read_picks,
                            to_label_paths, validate_against_picks)
 from raydal.pool import Pool
+from raydal.resources import ensure_schedulable, selection_demand, training_demand
 from raydal.scoring.base import create_strategy
 from raydal.shared_paths import check_shared
 from raydal.storage import (atomic_write_bytes, atomic_write_json, atomic_write_parquet,
@@ -76,11 +79,13 @@ class ActiveLoop:
     # ---- the loop ----------------------------------------------------------------------------
     def run(self) -> list[dict]:
         """Run every remaining step; return the per-round metrics."""
-        with run_dir_lock(self.run_dir):
+        with self._nothing_left_if_first_run_fails(), run_dir_lock(self.run_dir):
             self._check_resume_config()
+            self._check_labels_intact()
             connect(self.config.ray.address, num_cpus=self.config.ray.num_cpus,
                     log_to_driver=self.config.ray.log_to_driver)
             self._check_shared()
+            self._check_resources()
             data = self._prepare_data()
             cfg = self.config
             self.tracking = self._open_tracking()
@@ -139,10 +144,62 @@ class ActiveLoop:
         self.tracking.log_round(r, round_metrics(self.metrics()[r], scores, picked,
                                                  data.num_classes))
 
+    def _bought_anything(self) -> bool:
+        """Whether a selection or a label was ever committed (round 0's selection is first)."""
+        return self.selection_path(0).exists() or bool(self.labels.rounds())
+
+    @contextlib.contextmanager
+    def _nothing_left_if_first_run_fails(self):
+        fresh = not self.run_dir.exists()
+        try:
+            yield
+        except RunDirLocked:
+            raise  # another driver's directory now
+        except BaseException:
+            if fresh and not self._bought_anything():
+                self.run_dir.delete()
+            raise
+
+    def _check_resources(self) -> None:
+        """ResourceError in seconds if actors or trainers can never be placed (raydal.resources)."""
+        s, t = self.config.selection, self.config.training
+        ensure_schedulable(
+            [selection_demand(s.num_actors, s.num_cpus_per_actor, s.num_gpus_per_actor),
+             training_demand(t.num_workers, t.cpus_per_worker, t.use_gpu)],
+            self.config.ray.resource_wait_s)
+
+    def _check_labels_intact(self) -> None:
+        """Refuse a run directory whose label file of an earlier round is gone: the rounds after
+        it were built on those labels, and buying them again would pay twice."""
+        have = set(self.labels.rounds())
+        selected = numbered_rounds(self.run_dir / "selections")
+        later = max([r - 1 for r in selected] + list(have), default=-1)
+        lost = [r for r in range(later + 1) if r not in have]
+        lost += [r for r in selected if r > later and r not in have
+                 and checkpoint_exists(self.checkpoint_path(r))]
+        fix = ("raydal never buys a label twice: restore the file(s) from a backup and run "
+               "again, or start a new run_dir")
+        if lost:
+            raise RunDirError(
+                f"{self.run_dir / 'labels'} lost the labels of round(s) {lost} (round-NNNN.parquet"
+                " deleted or moved) although later steps were built on them; " + fix)
+        try:
+            recorded = (read_json(self.run_dir / "state.json") or {}).get("num_labeled")
+        except RunDirError:
+            return  # a damaged progress note; rewritten below
+        count = len(self.labels.labels())
+        if isinstance(recorded, int) and recorded > count:
+            raise RunDirError(
+                f"{self.run_dir / 'labels'} holds {count} labels, but {recorded} were bought "
+                f"(state.json): a label file was deleted or moved; {fix} (to label the last "
+                "round again on purpose, delete state.json as well)")
+
     def _check_resume_config(self) -> None:
         path = self.run_dir / "config.yaml"
         new = self.config.model_dump(mode="json")
-        if path.exists():
+        if not self._bought_anything():  # nothing bought yet: any config may (re)start here
+            (self.run_dir / "data").delete()  # derived from the old data; made again
+        elif path.exists():
             old = yaml.safe_load(path.read_text()) or {}
             changed = [k for k in _FIXED_ON_RESUME if old.get(k) != new.get(k)]
             changed += [f"loop.{k}" for k in _FIXED_LOOP
@@ -150,8 +207,9 @@ class ActiveLoop:
             if changed:
                 raise ConfigError(
                     f"run directory {self.run_dir} was started with a different "
-                    f"{', '.join(changed)}; resume with the same values (see its config.yaml) "
-                    "or choose a new run_dir")
+                    f"{', '.join(changed)}; resume with the same values (see its config.yaml), "
+                    "choose a new run_dir, or delete this one to start over (its labels are "
+                    "lost)")
         atomic_write_bytes(path, yaml.safe_dump(new, sort_keys=False).encode())
 
     def _check_shared(self) -> None:
@@ -225,7 +283,7 @@ class ActiveLoop:
                          num_gpus_per_actor=s.num_gpus_per_actor,
                          num_cpus_per_actor=s.num_cpus_per_actor,
                          input_spec=self.model_spec(data.num_classes).input_spec,
-                         progress=cfg.progress)
+                         progress=cfg.progress, resource_wait_s=cfg.ray.resource_wait_s)
             fault_point(f"select-{r}")  # scored, nothing written yet
             atomic_write_json(sel_path.with_suffix(".json"), {
                 "round": r, "strategy": strategy.name, "budget": budget,
@@ -260,6 +318,7 @@ class ActiveLoop:
         labels = self.labels.labels()
         warm = self.checkpoint_path(r - 1) if cfg.loop.warm_start and r > 0 else None
         (self.run_dir / "ray_train").delete()  # a killed run's leftovers
+        self._check_resources()
         settings = t.settings(seed=cfg.seed + r)
         m = train_round(self.model_spec(data.num_classes), data.pool, labels, data.test,
                         settings, ckpt, warm, self.run_dir / "ray_train", progress=cfg.progress,

@@ -122,7 +122,8 @@ def parse_label_file(path: Where, classes: list[str] | None, num_classes: int
             raise LabelError(f"{path}: expected a Label Studio export (a JSON list of tasks)")
         for k, task in enumerate(tasks):
             where = f"{path.name} task {k}"
-            id_ = (task.get("data") or {}).get("id") if isinstance(task, dict) else None
+            data = task.get("data") if isinstance(task, dict) else None
+            id_ = data.get("id") if isinstance(data, dict) else None
             if id_ is None:
                 raise LabelError(f"{where}: no data.id (export the tasks raydal wrote)")
             try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -20,9 +21,11 @@ import pyarrow as pa
 import ray
 import torch
 
+from raydal.errors import SelectionError
 from raydal.merge import RunningTopK, StreamingTopK
 from raydal.models import ModelSpec, load_checkpoint, read_checkpoint_meta
 from raydal.pool import Pool
+from raydal.resources import ensure_schedulable, selection_demand
 from raydal.scoring.base import Strategy, create_strategy
 from raydal.scoring.diversity import SetStrategy, StreamingCandidates, features_from_bytes
 from raydal.shared_paths import check_shared
@@ -179,8 +182,39 @@ def _prepare_context(strategy: Strategy, source: ModelSource, pool_path: str,
                      labels: dict[str, int], batch_size: int, num_gpus: float) -> Any:
     device = _device(num_gpus)
     model, spec = source.load(device)
-    return strategy.prepare(model, iter_labeled_batches(Pool(pool_path), labels, spec,
-                                                        batch_size, device))
+    pool = Pool(pool_path)
+    check_labeled(pool, labels, getattr(model, "num_classes", None))
+    return strategy.prepare(model, iter_labeled_batches(pool, labels, spec, batch_size, device))
+
+
+def check_labeled(pool: Pool, labels: Mapping[str, int], num_classes: int | None) -> None:
+    """SelectionError if a label is not a class of the model or a labeled id is not in pool."""
+    if num_classes is not None:
+        bad = [(i, y) for i, y in labels.items() if not 0 <= y < num_classes]
+        if bad:
+            raise SelectionError(
+                f"{len(bad)} labels are not classes of the model, [0, {num_classes}) (e.g. id "
+                f"{bad[0][0]!r}: {bad[0][1]}); pass labels of the classes the model predicts")
+    missing = pool.missing_ids(labels)
+    if missing:
+        raise SelectionError(
+            f"{len(missing)} of the {len(labels)} labeled ids are not in pool {pool.path} "
+            f"(e.g. {missing[0]!r}); pass the labels of this pool's ids")
+
+
+def _no_usable_images(pool: Pool, skipped: list[tuple[str, str]], num_labeled: int
+                      ) -> SelectionError:
+    if not skipped:
+        return SelectionError(f"pool {pool.path} has no unlabeled image left ({num_labeled} "
+                              "labeled): nothing to select; lower the budget or add images")
+    reasons = Counter(reason.split(":", 1)[0] for _, reason in skipped)
+    first = skipped[0]
+    return SelectionError(
+        f"none of the {len(skipped)} unlabeled images of pool {pool.path} could be used ("
+        + ", ".join(f"{n} x {r}" for r, n in reasons.most_common(3))
+        + f"; first: id {first[0]!r}: {first[1]}); nothing was selected or written: fix the "
+        f"pool's {pool.image_column!r} column (encoded image bytes, or readable image paths) "
+        "and run again")
 
 
 # ---- public entry point ----------------------------------------------------------------------
@@ -190,21 +224,24 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
            strategy_options: dict[str, Any] | None = None, num_actors: int = 2,
            batch_size: int = 256, num_gpus_per_actor: float = 0.0,
            num_cpus_per_actor: float = 0.5, input_spec: InputSpec | None = None,
-           progress: bool = True) -> Selection:
+           progress: bool = True, resource_wait_s: float = 0.0) -> Selection:
     """Pick the ``budget`` best unlabeled samples of ``pool``.
 
     model: a torch module (then ``input_spec`` is required), or a raydal checkpoint folder.
     labeled: id -> label of the labeled set (labels are needed by dynamicAL), or just ids.
     The result is identical for any ``num_actors`` and ``batch_size``.
     num_cpus_per_actor is Ray's logical reservation; each actor runs max(1, int(it)) torch
-    threads. Keep num_actors * num_cpus_per_actor below the cluster's CPUs: Ray Data's file
-    listing and read tasks need a CPU of their own, else the pipeline waits forever.
+    threads. The actors must leave a CPU free for Ray Data's read tasks: a request the cluster
+    cannot place raises ResourceError (after waiting up to ``resource_wait_s`` seconds for an
+    autoscaling cluster to grow). SelectionError if no unlabeled image could be used.
     """
     t0 = time.perf_counter()
     if budget < 1:
         raise ValueError(f"budget must be a positive int, got {budget}")
     if num_actors < 1:
         raise ValueError(f"num_actors must be a positive int, got {num_actors}")
+    ensure_schedulable([selection_demand(num_actors, num_cpus_per_actor, num_gpus_per_actor)],
+                       resource_wait_s)
     pool = pool if isinstance(pool, Pool) else Pool(pool)
     if isinstance(strategy, str):
         strategy = create_strategy(strategy, **(strategy_options or {}))
@@ -268,9 +305,14 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
         if startup is None:  # actors started, model loaded, first block read and scored
             startup = (time.perf_counter() - t0, seen)
     bar.close()
+    if not num_scored:
+        raise _no_usable_images(pool, skipped, len(labels))
     ids, scores = merger.result()
     if skipped:
         log.warning("skipped %d unreadable images (first: %s: %s)", len(skipped), *skipped[0])
+    if len(ids) < budget:
+        log.warning("budget %d, but only %d unlabeled images could be scored (%d skipped): "
+                    "returning %d picks", budget, num_scored, len(skipped), len(ids))
     return Selection([str(i) for i in ids], scores, num_scored, skipped,
                      time.perf_counter() - t0, *(startup or (0.0, 0)), nodes=list(nodes))
 

@@ -102,3 +102,17 @@ def test_driver_killed_in_any_phase_resumes_with_nothing_lost(
     assert sorted(ids) == sorted(LabelLog(ref_dir / "labels").table().column("id").to_pylist())
     assert [r["num_labeled"] for r in rows] == [r["num_labeled"] for r in ref_rows]
     assert not (run_dir / "ray_train").exists() or not any((run_dir / "ray_train").iterdir())
+
+
+def test_a_deleted_earlier_label_file_is_refused_not_bought_again(finished_run, fashion_mnist,
+                                                                  tmp_path):
+    """Round 0's labels deleted after round 1 was built on them: refused, never re-bought."""
+    import shutil
+    from raydal.errors import RunDirError
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run[0], run_dir)
+    (run_dir / "labels" / "round-0000.parquet").unlink()
+    (run_dir / "state.json").unlink()  # the check does not depend on the progress note
+    with pytest.raises(RunDirError, match=r"lost the labels of round\(s\) \[0\].*restore"):
+        ActiveLoop(small_config(fashion_mnist, run_dir)).run()
+    assert LabelLog(run_dir / "labels").rounds() == [1]

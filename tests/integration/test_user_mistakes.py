@@ -1,0 +1,202 @@
+"""A new user's mistakes on a real cluster: each gets a clear error in seconds, none a hang,
+a traceback or a stuck run directory."""
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from raydal.cli import main
+from raydal.config import parse_config
+from raydal.errors import (ConfigError, PoolError, RaydalError, ResourceError, RunDirError,
+                           SelectionError)
+from raydal.loop import ActiveLoop
+from raydal.pool import Pool
+from raydal.select import select
+from raydal.transforms import InputSpec
+
+pytestmark = pytest.mark.integration
+SPEC = InputSpec(1, 32)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A 60-image pool, its truth and test set, and a pool whose every image is garbage."""
+    d = tmp_path_factory.mktemp("mistakes")
+    x = np.random.default_rng(0).integers(0, 256, (60, 28, 28), dtype=np.uint8)
+    pool = Pool.from_numpy(x, path=d / "pool.parquet")
+    ids = [i for chunk in pool.iter_ids() for i in chunk]
+    y = np.arange(60) % 3
+    pq.write_table(pa.table({"id": ids, "label": y}), d / "truth.parquet")
+    test = pq.read_table(d / "pool.parquet").slice(0, 20)
+    pq.write_table(test.append_column("label", pa.array(y[:20])), d / "test.parquet")
+    pq.write_table(pa.table({"id": ids, "image": [b"not an image %d" % i for i in range(60)]}),
+                   d / "garbage.parquet")
+    return d
+
+
+def config(data, run_dir, pool="pool.parquet", **sections):
+    base = {"run_dir": str(run_dir), "progress": False,
+            "data": {"dataset": None, "pool": str(data / pool), "test": str(data / "test.parquet"),
+                     "truth": str(data / "truth.parquet"), "num_classes": 3},
+            "model": {"name": "test_resnet", "in_chans": 1, "img_size": 32},
+            "loop": {"initial": 10, "per_round": 5, "rounds": 0, "oracle": "file"},
+            "training": {"epochs": 1, "batch_size": 8}}
+    for k, v in sections.items():
+        base[k] = {**base.get(k, {}), **v}
+    return parse_config(base)
+
+
+def test_more_actor_cpus_than_the_cluster_is_refused_in_seconds(ray_cluster, data, tmp_path):
+    for selection, numbers in [({"num_actors": 64}, "selection.num_actors=64"),
+                               ({"num_actors": 2, "num_cpus_per_actor": 1.0},
+                                "3 CPU in all")]:
+        t0 = time.perf_counter()
+        with pytest.raises(ResourceError, match="cannot place") as err:
+            ActiveLoop(config(data, tmp_path / "run", selection=selection)).run()
+        assert numbers in str(err.value) and "1 node: 2 CPU" in str(err.value)
+        assert time.perf_counter() - t0 < 30
+        assert not (tmp_path / "run").exists()  # a failed first run leaves nothing behind
+    with pytest.raises(ResourceError, match="training.num_workers=3"):
+        ActiveLoop(config(data, tmp_path / "run", training={"num_workers": 3})).run()
+    t0 = time.perf_counter()  # an autoscaling cluster's wait is bounded, then refused
+    with pytest.raises(ResourceError, match=r"after waiting \d+s"):
+        select(data / "pool.parquet", None, "random", 5, num_actors=8, input_spec=SPEC,
+               progress=False, resource_wait_s=3)
+    assert 3 <= time.perf_counter() - t0 < 30
+
+
+def test_a_pool_of_undecodable_images_stops_before_anything_is_committed(ray_cluster, data,
+                                                                         tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()  # made by the user: kept, and reusable
+    with pytest.raises(SelectionError, match=r"none of the 60 unlabeled images .*\(60 x cannot "
+                                             r"decode image.*nothing was selected"):
+        ActiveLoop(config(data, run_dir, pool="garbage.parquet")).run()
+    assert not (run_dir / "selections").exists() and not (run_dir / "labels").exists()
+    # the pool fixed (here: pointed at a good one), the same run directory works
+    assert ActiveLoop(config(data, run_dir)).run() == []
+    assert (run_dir / "to_label" / "round-0000.csv").exists()
+
+
+def test_a_failed_first_run_does_not_lock_its_config(ray_cluster, data, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with pytest.raises(PoolError, match="does not exist"):
+        ActiveLoop(config(data, run_dir, pool="missing.parquet")).run()
+    assert ActiveLoop(config(data, run_dir)).run() == []  # corrected: runs, picks exported
+    with pytest.raises(ConfigError, match="different data.*delete this one to start over"):
+        ActiveLoop(config(data, run_dir, pool="garbage.parquet")).run()  # now something is
+
+
+def _label_round_0(run_dir, data):
+    picks = pq.read_table(run_dir / "selections" / "round-0000.parquet").column("id").to_pylist()
+    (run_dir / "answers.csv").write_text("id,label\n" + "".join(f"{i},1\n" for i in picks))
+    assert main(["import-labels", str(run_dir), str(run_dir / "answers.csv")]) == 0
+
+
+def test_a_deleted_label_file_is_refused_never_bought_again(ray_cluster, data, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = config(data, run_dir, loop={"oracle": "simulated"})
+    file_cfg = config(data, run_dir)
+    assert ActiveLoop(file_cfg).run() == []
+    _label_round_0(run_dir, data)
+    (run_dir / "labels" / "round-0000.parquet").unlink()
+    for c in (cfg, file_cfg):
+        with pytest.raises(RunDirError, match="holds 0 labels, but 10 were bought.*restore"):
+            ActiveLoop(c).run()
+    assert not (run_dir / "labels" / "round-0000.parquet").exists()
+
+
+def test_selection_with_labels_that_do_not_fit_the_model_or_pool(ray_cluster, data):
+    from raydal.models import ModelSpec, create_model
+    model = create_model(ModelSpec("test_resnet", 3, 1, 32))
+    ids = [i for chunk in Pool(data / "pool.parquet").iter_ids() for i in chunk]
+    with pytest.raises(SelectionError, match=r"1 labels are not classes of the model, \[0, 3\)"):
+        select(data / "pool.parquet", model, "dynamicAL", 5, {ids[0]: 7, ids[1]: 0},
+               num_actors=1, input_spec=SPEC, progress=False)
+    with pytest.raises(SelectionError, match="1 of the 2 labeled ids are not in pool"):
+        select(data / "pool.parquet", model, "dynamicAL", 5, {ids[0]: 1, "nope": 0},
+               num_actors=1, input_spec=SPEC, progress=False)
+
+
+def test_a_budget_larger_than_the_pool_warns(ray_cluster, data, caplog):
+    labeled = [i for chunk in Pool(data / "pool.parquet").iter_ids() for i in chunk][:50]
+    with caplog.at_level(logging.WARNING, logger="raydal"):
+        sel = select(data / "pool.parquet", None, "random", 25, labeled, num_actors=1,
+                     input_spec=SPEC, progress=False)
+    assert len(sel.ids) == 10
+    assert "budget 25, but only 10 unlabeled images could be scored" in caplog.text
+
+
+def test_every_error_class_reaches_the_cli_as_one_line(ray_cluster, data, tmp_path, capsys):
+    """Each RaydalError subclass through `raydal` itself: exit 2, one line, no traceback."""
+    import raydal.connect  # noqa: F401  (defines ClusterUnreachable)
+
+    def cfg_file(name, **kw):
+        p = tmp_path / f"{name}.yaml"
+        p.write_text(yaml.safe_dump(config(data, tmp_path / name, **kw).model_dump(mode="json")))
+        return str(p)
+
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("loop: {initial: -1}\nmodle: {}\n")
+    runs = {
+        "ConfigError": ["run", str(bad_yaml)],
+        "FsError": ["status", "ftp://host/run"],
+        "PoolError": ["run", cfg_file("p", data={"pool": str(data / "missing.parquet")})],
+        "SelectionError": ["run", cfg_file("s", data={"pool": str(data / "garbage.parquet")})],
+        "ResourceError": ["run", cfg_file("r", selection={"num_actors": 64})],
+        "RunDirError": ["status", str(tmp_path)],
+        "LabelError": ["import-labels", str(tmp_path / "l"), str(tmp_path / "none.csv")],
+        "RunDirLocked": ["import-labels", str(tmp_path / "l"), str(tmp_path / "none.csv")],
+        "ClusterUnreachable": None,  # needs a dead address: tests/integration/test_connect.py
+        "BadImage": None,  # never leaves an actor: counted per image (test_select.py)
+    }
+    assert ActiveLoop(config(data, tmp_path / "l")).run() == []
+
+    def subclasses(cls):
+        return {c for s in cls.__subclasses__() for c in {s} | subclasses(s)}
+    assert {c.__name__ for c in subclasses(RaydalError)} <= set(runs)
+    from raydal.storage import run_dir_lock
+    for name, argv in runs.items():
+        if argv is None:
+            continue
+        if name == "RunDirLocked":
+            with run_dir_lock(tmp_path / "l"):
+                assert main(argv) == 2
+        else:
+            assert main(argv) == 2, name
+        err = capsys.readouterr().err
+        last = err.splitlines()[-1]
+        assert last.startswith("error: ") and "Traceback" not in err, (name, err)
+        assert not last.startswith("error: Traceback"), name
+
+
+@pytest.mark.parametrize("sig, code, words", [(signal.SIGINT, 130, "interrupted (Ctrl-C)"),
+                                              (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+def test_ctrl_c_and_sigterm_end_with_one_line(ray_cluster, data, tmp_path, sig, code, words):
+    """A driver waiting for resources (bounded) is stopped: one line, no stack dump."""
+    cfg = config(data, tmp_path / "run", selection={"num_actors": 64},
+                 ray={"resource_wait_s": 120})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    p = subprocess.Popen([sys.executable, "-m", "raydal.cli", "run", str(tmp_path / "c.yaml")],
+                         env={**os.environ, "RAY_ADDRESS": ray_cluster}, stderr=subprocess.PIPE,
+                         stdout=subprocess.DEVNULL, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    seen = []
+    for line in p.stderr:
+        seen.append(line)
+        if "waiting for the cluster to place" in line:
+            p.send_signal(sig)
+            break
+    rest = p.stderr.read()
+    assert p.wait(timeout=60) == code, "".join(seen) + rest
+    assert rest.strip().splitlines()[-1].startswith(f"raydal run {words}")
+    assert "Traceback" not in rest and "SIGTERM received" not in rest, rest

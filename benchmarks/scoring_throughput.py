@@ -1,7 +1,9 @@
 """Cost of exact dynamicAL scoring versus plain inference (timm resnet18 / resnet50, random init).
 
 Each (model, method) runs in a fresh subprocess so that its peak memory can be read as a
-ru_maxrss delta on CPU (torch.cuda.max_memory_allocated on GPU). Methods:
+ru_maxrss delta on CPU (torch.cuda.max_memory_allocated on GPU); the table's times come from one
+more process that runs all methods but vmap round-robin, so that load drift on a shared machine
+shifts every method alike. Methods:
   forward   inference, no_grad (the unit of the ratios)
   train     forward + backward of the summed loss over all parameters (a training step)
   vmap      chunked torch.func.vmap per-sample gradients (the naive exact reference)
@@ -9,7 +11,10 @@ ru_maxrss delta on CPU (torch.cuda.max_memory_allocated on GPU). Methods:
   head      last-layer closed form (params="head")
 Also: bf16 autocast agreement with fp32 (top-b overlap, Spearman) over a pool.
 
-    python benchmarks/scoring_throughput.py [--device cuda] [--quick] [--out PATH]
+    python benchmarks/scoring_throughput.py [--device cuda] [--quick] [--profile] [--out PATH]
+
+--profile prints where the fast path's time goes instead: rule time by layer kind, both weight
+forms of every spatial convolution on its own (A, G), the patches alone, the vmap fallback.
 """
 from __future__ import annotations
 
@@ -44,7 +49,14 @@ def _setup(cfg: dict, device: str, n: int | None = None):
     torch.manual_seed(0)
     model = timm.create_model(cfg["model"], pretrained=False, num_classes=10).to(device).eval()
     x = torch.randn(n or cfg["batch"], 3, cfg["img"], cfg["img"], device=device)
+    if cfg.get("channels_last"):
+        model, x = (t.to(memory_format=torch.channels_last) for t in (model, x))
     return model, x
+
+
+def _sync(device: str):
+    import torch
+    return torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
 
 def _peak_bytes(device: str) -> int:
@@ -55,15 +67,14 @@ def _peak_bytes(device: str) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
-def _worker(cfg: dict, method: str, device: str, warmup: int, repeats: int) -> dict:
+def _runners(model, x) -> dict:
+    """method -> a function that runs it once on x (B, ...); g_L random (values do not change
+    cost), over all parameters (params="head" ignores the others)."""
     import torch
     import torch.nn.functional as F
     from raydal.scoring.grads import _select_params, dynamical_scores
 
-    n = cfg["vmap_samples"][device] if method == "vmap" else None
-    model, x = _setup(cfg, device, n)
-    params = _select_params(model, "head" if method == "head" else "all")
-    g_L = {k: torch.randn_like(p) * 1e-2 for k, p in params.items()}  # values do not change cost
+    g_L = {k: torch.randn_like(p) * 1e-2 for k, p in _select_params(model, "all").items()}
 
     @torch.no_grad()
     def forward():
@@ -74,14 +85,42 @@ def _worker(cfg: dict, method: str, device: str, warmup: int, repeats: int) -> d
         torch.autograd.grad(F.cross_entropy(out, out.argmax(1), reduction="sum"),
                             list(model.parameters()))
 
-    run = {
+    return {
         "forward": forward,
         "train": train_step,
         "vmap": lambda: dynamical_scores(model, x, g_L=g_L, method="vmap", chunk_size=32),
         "fast": lambda: dynamical_scores(model, x, g_L=g_L),
         "head": lambda: dynamical_scores(model, x, g_L=g_L, params="head"),
-    }[method]
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    }
+
+
+def _interleaved(cfg: dict, device: str, warmup: int, repeats: int) -> dict:
+    """ms per batch of every method but vmap, timed round-robin in ONE process: load that drifts
+    during the run shifts all methods alike, so their ratios hold (the per-method processes of
+    ``_worker`` run minutes apart)."""
+    import torch
+    model, x = _setup(cfg, device)
+    runners = {k: f for k, f in _runners(model, x).items() if k != "vmap"}
+    sync = _sync(device)
+    times: dict[str, list] = {k: [] for k in runners}
+    for i in range(warmup + repeats):
+        for name, run in runners.items():
+            sync()
+            start = time.perf_counter()
+            run()
+            sync()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
+def _worker(cfg: dict, method: str, device: str, warmup: int, repeats: int) -> dict:
+    import torch
+
+    n = cfg["vmap_samples"][device] if method == "vmap" else None
+    model, x = _setup(cfg, device, n)
+    run = _runners(model, x)[method]
+    sync = _sync(device)
     if device == "cuda":
         sync()
         torch.cuda.reset_peak_memory_stats()
@@ -131,6 +170,125 @@ def _agreement(cfg: dict, device: str, pool: int, top_fraction: float = 0.1) -> 
             "max_diff_rel_to_max": float((scores["bf16"] - scores["fp32"]).abs().max()
                                          / scores["fp32"].abs().max()),
             "fp32_s": scores["fp32_s"], "bf16_s": scores["bf16_s"]}
+
+
+# --- per-layer profile (one process, medians of interleaved repeats) ---------------------------
+
+def _median_ms(fn, repeats: int, sync) -> float:
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def _profile(cfg: dict, device: str, repeats: int) -> dict:
+    """Where the fast path's time goes: forward, train and fast end to end; each covered layer's
+    rule time inside the scoring pass, grouped by kind; and for every convolution, both weight
+    forms and the patches alone on the layer's own (A, G), against the form the crossover picks;
+    the vmap fallback for one layer's parameters."""
+    import torch
+    import torch.nn.functional as F
+    from raydal.scoring.grads import _select_params, conv, fallback, onepass
+    from raydal.scoring.grads.registry import use_gram
+
+    model, x = _setup(cfg, device)
+    g_L = {k: torch.randn_like(p) * 1e-2 for k, p in _select_params(model, "all").items()}
+    names = {m: n for n, m in model.named_modules()}
+    rule_ms: dict[str, float] = {}
+    original = onepass._Site._terms
+
+    sync = _sync(device)
+
+    def timed(site, a, version, g):
+        sync()
+        start = time.perf_counter()
+        original(site, a, version, g)
+        sync()
+        m = site.module
+        kind = type(m).__name__
+        if isinstance(m, torch.nn.Conv2d):
+            t, o, i = g[0, 0].numel(), m.out_channels // m.groups, m.weight[0].numel()
+            form = "gram" if use_gram(t, o, i) else "materialised"
+            kind += " 1x1" if conv._pointwise(m) else f" {form}"
+        rule_ms[kind] = rule_ms.get(kind, 0.0) + (time.perf_counter() - start) * 1e3
+
+    runners = _runners(model, x)
+    totals: dict[str, list] = {"forward": [], "train": [], "fast": []}
+    onepass._Site._terms = timed
+    try:
+        for i in range(repeats + 1):
+            rule_ms.clear()
+            for name in totals:
+                sync()
+                start = time.perf_counter()
+                runners[name]()
+                sync()
+                if i:
+                    totals[name].append((time.perf_counter() - start) * 1e3)
+    finally:
+        onepass._Site._terms = original
+    out = {k: statistics.median(v) for k, v in totals.items()}
+    out["rules_last_pass_ms"] = dict(sorted(rule_ms.items(), key=lambda kv: -kv[1]))
+
+    # every convolution's (A, G), then both weight forms in isolation
+    captured = []
+
+    def capture(m, args, y):
+        row = [m, args[0].detach(), None]
+        captured.append(row)
+        y.register_hook(lambda g: row.__setitem__(2, g))
+
+    hooks = [m.register_forward_hook(capture) for m in model.modules()
+             if isinstance(m, torch.nn.Conv2d) and not conv._pointwise(m)]
+    xg = x.clone().requires_grad_()
+    logits = model(xg)
+    torch.autograd.grad(F.cross_entropy(logits, logits.argmax(1), reduction="sum"), xg)
+    for h in hooks:
+        h.remove()
+    layers = []
+    for m, a, g in captured:
+        v = g_L[names[m] + ".weight"]
+        t, o, i = g[0, 0].numel(), m.out_channels // m.groups, m.weight[0].numel()
+        row = {"layer": names[m], "T": t, "o": o, "i": i, "picked": "gram" if use_gram(t, o, i)
+               else "materialised"}
+        for _ in range(2):  # interleaved; the second round is kept
+            row["gram_ms"] = _median_ms(lambda: conv.gram_weight_terms(m, a, g, v), repeats,
+                                         sync)
+            row["materialised_ms"] = _median_ms(
+                lambda: conv.materialised_weight_terms(m, a, g, v), repeats, sync)
+            row["patches_ms"] = _median_ms(lambda: conv.patches(m, a), repeats, sync)
+        layers.append(row)
+    out["conv_layers"] = layers
+    last = names[captured[-1][0]] + ".weight"
+    yhat = logits.argmax(1)
+    out["vmap_one_layer_ms"] = _median_ms(lambda: fallback.per_sample_terms(
+        model, x, yhat, [last], g_L, 32, None, torch.float32), 1, sync)
+    return out
+
+
+def _profile_report(cfg: dict, p: dict) -> str:
+    fwd = p["forward"]
+    lines = [f"{cfg['model']} @ {cfg['img']} px, batch {cfg['batch']}: forward {fwd:.0f} ms, "
+             f"train {p['train'] / fwd:.2f}x, fast {p['fast'] / fwd:.2f}x forward "
+             f"({p['fast'] / p['train']:.2f} training steps)",
+             "  rule time in one scoring pass (x forward): " + ", ".join(
+                 f"{k} {v / fwd:.2f}" for k, v in p["rules_last_pass_ms"].items()),
+             f"  vmap fallback for one layer ({p['conv_layers'][-1]['layer']}): "
+             f"{p['vmap_one_layer_ms'] / fwd:.2f}x forward"]
+    picked = sum(r[r["picked"] + "_ms"] for r in p["conv_layers"])
+    best = sum(min(r["gram_ms"], r["materialised_ms"]) for r in p["conv_layers"])
+    lines.append(f"  spatial convs: picked forms {picked / fwd:.2f}x forward, best forms "
+                 f"{best / fwd:.2f}x, patches alone "
+                 f"{sum(r['patches_ms'] for r in p['conv_layers']) / fwd:.2f}x")
+    lines += [f"    {r['layer']}: T {r['T']}, o {r['o']}, i {r['i']}: "
+              f"gram {r['gram_ms'] / fwd:.3f} (patches {r['patches_ms'] / fwd:.3f}), "
+              f"materialised {r['materialised_ms'] / fwd:.3f}"
+              f" -> {r['picked']}" for r in p["conv_layers"]]
+    return "\n".join(lines)
 
 
 # --- orchestration ------------------------------------------------------------------------------
@@ -190,16 +348,38 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--profile", action="store_true",
+                        help="per-layer breakdown of the fast path instead of the method table")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="model and inputs in channels_last memory format")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         task = json.loads(args.worker)
-        result = (_agreement(task["cfg"], task["device"], task["pool"]) if task.get("pool")
-                  else _worker(task["cfg"], task["method"], task["device"], task["warmup"],
-                               task["repeats"]))
+        if task.get("interleaved"):
+            result = _interleaved(task["cfg"], task["device"], task["warmup"], task["repeats"])
+        elif task.get("profile"):
+            result = _profile(task["cfg"], task["device"], task["repeats"])
+        elif task.get("pool"):
+            result = _agreement(task["cfg"], task["device"], task["pool"])
+        else:
+            result = _worker(task["cfg"], task["method"], task["device"], task["warmup"],
+                             task["repeats"])
         print(json.dumps(result))
         return
-    configs = QUICK if args.quick else CONFIGS
+    configs = [{**cfg, "channels_last": args.channels_last}
+               for cfg in (QUICK if args.quick else CONFIGS)]
+    if args.profile:
+        profiles = [{**cfg, "profile": _in_subprocess({"cfg": cfg, "device": args.device,
+                                                       "profile": True,
+                                                       "repeats": 1 if args.quick else 3})}
+                    for cfg in configs]
+        out = args.out or Path(__file__).parent / "results" / f"scoring_profile_{args.device}.json"
+        out.write_text(json.dumps({"device": args.device, "quick": args.quick,
+                                   "cpu_count": os.cpu_count(), "profiles": profiles}, indent=2))
+        print("\n".join(_profile_report(p, p["profile"]) for p in profiles))
+        print(f"\nwrote {out}")
+        return
     results = []
     for cfg in configs:
         slow = cfg["img"] >= 128 and args.device == "cpu"
@@ -211,11 +391,19 @@ def main(argv: list[str] | None = None) -> None:
                                               "repeats": repeats if method != "vmap" else 1})
             print(f"{cfg['model']}@{cfg['img']} {method}: {methods[method]['ms_per_batch']:.1f} ms",
                   file=sys.stderr, flush=True)
+        # the table's times: all methods but vmap round-robin in one process (ratios robust to
+        # load drift); the per-method processes above give the memory and the isolated times
+        timing = _in_subprocess({"cfg": cfg, "device": args.device, "interleaved": True,
+                                 "warmup": warmup, "repeats": repeats})
+        for method, ms in timing.items():
+            methods[method]["isolated_ms_per_batch"] = methods[method]["ms_per_batch"]
+            methods[method]["ms_per_batch"] = ms
         pool = (32 if args.quick else (128 if slow else 512))
         agreement = _in_subprocess({"cfg": cfg, "device": args.device, "pool": pool})
         results.append({**{k: cfg[k] for k in ("model", "img", "batch")}, "methods": methods,
                         "bf16_agreement": agreement})
-    report = {"device": args.device, "quick": args.quick, "platform": platform.platform(),
+    report = {"device": args.device, "quick": args.quick, "channels_last": args.channels_last,
+              "platform": platform.platform(),
               "cpu_count": os.cpu_count(), "goals": GOALS, "results": results}
     out = args.out or Path(__file__).parent / "results" / f"scoring_throughput_{args.device}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

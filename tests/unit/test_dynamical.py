@@ -218,6 +218,17 @@ def test_fallback_is_exact_and_warns_once(caplog):
     assert all("no per-sample gradient rule" in m for m in messages)
 
 
+def test_layer_behind_a_parameter_only_path_is_exact():
+    """The conv's input needs grad only through a fallback parameter (no probe behind it): the
+    backward pass misses the conv until the probe is on every site."""
+    torch.manual_seed(0)
+    model = nn.Sequential(Scale(2), nn.Conv2d(2, 4, 3, padding=1), nn.Tanh(), nn.Flatten(),
+                          nn.Linear(4 * 8 * 8, 10)).double()
+    x = torch.randn(5, 2, 8, 8, dtype=torch.float64)
+    g_L = labeled_gradient(model, x[:3], torch.tensor([0, 1, 2]))
+    assert_close(dynamical_scores(model, x, g_L=g_L), naive_scores(model, x, g_L, list(g_L)))
+
+
 def test_reused_module_falls_back_exactly():
     torch.manual_seed(0)
 
@@ -275,7 +286,8 @@ def test_strategy_matches_function():
     x = torch.randn(4, 1, 32, 32, dtype=torch.float64)
     lx, ly = torch.randn(5, 1, 32, 32, dtype=torch.float64), torch.randint(0, 10, (5,))
     batches = [(lx[:3], ly[:3]), (lx[3:], ly[3:])]  # prepare sums over streamed batches
-    strategy = create_strategy("dynamicAL")
+    assert not create_strategy("dynamicAL").needs_labeled  # default ip_weight 0: no g_L
+    strategy = create_strategy("dynamicAL", ip_weight=2.0)
     assert isinstance(strategy, DynamicAL) and strategy.needs_labeled
     context = strategy.prepare(model, batches)
     assert all(t.device.type == "cpu" for t in context.values())

@@ -13,16 +13,23 @@ from raydal.scoring.grads.registry import Rule, flat_terms, rule_for
 
 
 class _Site:
-    """One covered module: captures its input A, adds the zero probe to its output (to its tap
-    child's input for timm norm+act modules) and, when that output's gradient G arrives in the
-    backward pass, adds the module's per-sample terms to the accumulators."""
+    """One covered module: captures its input A, hooks its output (its tap child's input for timm
+    norm+act modules) and, when that output's gradient G arrives in the backward pass, adds the
+    module's per-sample terms to the accumulators.
+
+    The backward pass runs towards the zero probe (and the loose copies) only, so it computes no
+    weight gradients. An output whose input is a graph root (the model's input, token ids) gets
+    the probe added, a full pass over it: the others lie downstream of such an output already,
+    unless the model has a branch that starts from parameters alone; ``probe_all`` covers that
+    case (``fired`` tells)."""
 
     def __init__(self, module: nn.Module, rule: Rule, wanted: dict, acc: tuple, cdtype):
         self.module, self.rule, self.wanted, self.acc, self.cdtype = module, rule, wanted, acc, cdtype
-        self.calls, self.batch, self.a = 0, None, None
+        self.calls, self.batch, self.a, self.root_input, self.fired = 0, None, None, False, False
 
-    def attach(self, tap: str | None, probe: torch.Tensor, local_grad: bool) -> list:
-        self.probe, m = probe, self.module
+    def attach(self, tap: str | None, probe: torch.Tensor, local_grad: bool,
+               probe_all: bool) -> list:
+        self.probe, self.probe_all, m = probe, probe_all, self.module
         handles = []
         if local_grad:  # head only: the graph is built just around this module
             handles.append(m.register_forward_pre_hook(lambda *_: _set_grad(True)))
@@ -39,16 +46,20 @@ class _Site:
 
     def _capture(self, args) -> None:
         self.calls += 1
+        self.root_input = not args[0].requires_grad
         self.a = args[0].detach()
         self.batch = self.a.shape[0]
 
     def _tap(self, out: torch.Tensor) -> torch.Tensor:
-        y = out + self.probe  # hook on y: gradient of this version even if y is changed in place
+        """out, or out + probe (both hooked; a tensor hook gets the gradient of the value it was
+        registered on, even if the tensor is changed in place later)."""
+        y = out + self.probe if self.probe_all or self.root_input or not out.requires_grad else out
         a, version = self.a, self.a._version
         y.register_hook(lambda g: self._terms(a, version, g))
         return y
 
     def _terms(self, a: torch.Tensor, version: int, g: torch.Tensor) -> None:
+        self.fired = True
         if not self.wanted:
             return
         if a._version != version:
@@ -97,10 +108,12 @@ def _plan(model: nn.Module, selected: dict) -> tuple[list, dict, list]:
     return sites, loose, rest
 
 
-def ghost_terms(model, x, selected, g_L, autocast_dtype, cdtype, local_grad):
+def ghost_terms(model, x, selected, g_L, autocast_dtype, cdtype, local_grad, probe_all=False):
     """One forward + one backward of the summed pseudo-label loss. Returns ((B,) float64 squared
     norms, (B,) float64 inner products, (B,) pseudo-labels, names left to the fallback), or None
-    when local_grad cut the graph (the logits are not a function of the hooked modules)."""
+    when local_grad cut the graph (the logits are not a function of the hooked modules). A site
+    the backward pass missed (a branch that starts from parameters alone) makes it run again
+    with the probe on every site."""
     b = x.shape[0]
     acc = (torch.zeros(b, dtype=torch.float64, device=x.device),
            torch.zeros(b, dtype=torch.float64, device=x.device))
@@ -112,7 +125,9 @@ def ghost_terms(model, x, selected, g_L, autocast_dtype, cdtype, local_grad):
     # a loose parameter p (1, ...) is swapped for a per-sample copy (B, ...): its gradient is then
     # the per-sample gradient, given that the model broadcasts it over the batch
     copies = {n: p.detach().expand(b, *p.shape[1:]).clone().requires_grad_() for n, p in loose.items()}
-    handles = [h for site, tap, _ in sites for h in site.attach(tap, probe, local_grad)]
+    handles = [h for site, tap, _ in sites
+               for h in site.attach(tap, probe, local_grad, probe_all)]
+    missed = False
     try:
         with torch.set_grad_enabled(not local_grad), autocast(x, autocast_dtype):
             logits = torch.func.functional_call(model, copies, (x,), strict=False)
@@ -130,6 +145,7 @@ def ghost_terms(model, x, selected, g_L, autocast_dtype, cdtype, local_grad):
         if loss.requires_grad:
             inputs = [probe, *copies.values()]
             grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+            missed = any(site.wanted and not site.fired for site, _, _ in sites)
             for name, g in zip(copies, grads[1:]):
                 if g is not None:
                     norm, inner = flat_terms(g.to(cdtype), wanted(name))
@@ -139,4 +155,7 @@ def ghost_terms(model, x, selected, g_L, autocast_dtype, cdtype, local_grad):
     finally:
         for h in handles:
             h.remove()
+    if missed and not probe_all:
+        return ghost_terms(model, x, selected, g_L, autocast_dtype, cdtype, local_grad,
+                           probe_all=True)
     return acc[0], acc[1], yhat, rest

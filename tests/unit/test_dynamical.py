@@ -294,7 +294,8 @@ def test_strategy_matches_function():
     scores = strategy.score(model, x, [str(i) for i in range(4)], context)
     assert_close(scores, dynamical_scores(model, x, lx, ly))
 
-    mean = create_strategy("dynamicAL", gradient_reduction="mean", method="vmap", chunk_size=3)
+    mean = create_strategy("dynamicAL", ip_weight=2.0, gradient_reduction="mean", method="vmap",
+                           chunk_size=3)
     g_mean = mean.prepare(model, batches)
     for n in context:
         torch.testing.assert_close(g_mean[n] * 5, context[n])

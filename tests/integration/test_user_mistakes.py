@@ -121,10 +121,12 @@ def test_selection_with_labels_that_do_not_fit_the_model_or_pool(ray_cluster, da
     ids = [i for chunk in Pool(data / "pool.parquet").iter_ids() for i in chunk]
     with pytest.raises(SelectionError, match=r"1 labels are not classes of the model, \[0, 3\)"):
         select(data / "pool.parquet", model, "dynamicAL", 5, {ids[0]: 7, ids[1]: 0},
-               num_actors=1, input_spec=SPEC, progress=False)
+               num_actors=1, input_spec=SPEC, progress=False,
+               strategy_options={"ip_weight": 2.0})  # the labels enter through g_L
     with pytest.raises(SelectionError, match="1 of the 2 labeled ids are not in pool"):
         select(data / "pool.parquet", model, "dynamicAL", 5, {ids[0]: 1, "nope": 0},
-               num_actors=1, input_spec=SPEC, progress=False)
+               num_actors=1, input_spec=SPEC, progress=False,
+               strategy_options={"ip_weight": 2.0})
 
 
 def test_a_budget_larger_than_the_pool_warns(ray_cluster, data, caplog):
@@ -150,8 +152,8 @@ def test_every_error_class_reaches_the_cli_as_one_line(ray_cluster, data, tmp_pa
     runs = {
         "ConfigError": ["run", str(bad_yaml)],
         "FsError": ["status", "ftp://host/run"],
-        "PoolError": ["run", cfg_file("p", data={"pool": str(data / "missing.parquet")})],
-        "SelectionError": ["run", cfg_file("s", data={"pool": str(data / "garbage.parquet")})],
+        "PoolError": ["run", cfg_file("p", pool="missing.parquet")],
+        "SelectionError": ["run", cfg_file("s", pool="garbage.parquet")],
         "ResourceError": ["run", cfg_file("r", selection={"num_actors": 64})],
         "RunDirError": ["status", str(tmp_path)],
         "LabelError": ["import-labels", str(tmp_path / "l"), str(tmp_path / "none.csv")],

@@ -87,13 +87,14 @@ def diagnose(model, x: torch.Tensor, y: torch.Tensor, free: np.ndarray, picks: n
     s_rows = np.sort(rng.choice(free, size=min(sample, len(free)), replace=False))
     rand = s_rows[rng.permutation(len(s_rows))[:len(picks)]]
     logits, q, h = head_embeddings(model, x[s_rows])
+    ent = entropy(torch.softmax(logits, 1)).numpy()
     p_logits, p_q, p_h = head_embeddings(model, x[picks])
     _, r_q, r_h = head_embeddings(model, x[rand])
     out = {
         "picks_misclassified": float((p_logits.argmax(1) != y[picks]).double().mean()),
         "pool_misclassified": float((logits.argmax(1) != y[s_rows]).double().mean()),
         "entropy_picks_mean": float(entropy(torch.softmax(p_logits, 1)).mean()),
-        "entropy_pool_mean": float(entropy(torch.softmax(logits, 1)).mean()),
+        "entropy_pool_mean": float(ent.mean()),
         "redundancy_picks": mean_pairwise_cosine(p_q, p_h),
         "redundancy_random": mean_pairwise_cosine(r_q, r_h),
     }
@@ -101,7 +102,6 @@ def diagnose(model, x: torch.Tensor, y: torch.Tensor, free: np.ndarray, picks: n
         return out
     norm, inner = score_terms(model, x[s_rows], g_L, params)
     score = norm + ip_weight * inner
-    ent = entropy(torch.softmax(logits, 1)).numpy()
     p_norm, p_inner = score_terms(model, x[picks], g_L, params)
     g_L_norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in g_L.values()))) \
         if g_L is not None else 0.0

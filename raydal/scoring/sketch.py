@@ -18,6 +18,7 @@ timm's test_resnet that is BatchNorm's 1.6% of the parameters.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 
@@ -39,14 +40,19 @@ def directions(name: str, module: nn.Module, dim: int, seed: int
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(R (dim, out), S (dim, *weight.shape[1:]), R_bias (dim, out) or None), float64 standard
     Gaussians drawn from a generator keyed by (seed, name, weight shape)."""
-    key = f"{seed}\x00{name}\x00{tuple(module.weight.shape)}".encode()
+    return _directions(name, tuple(module.weight.shape),
+                       module.bias is not None and module.bias.requires_grad, dim, seed)
+
+
+@functools.lru_cache(maxsize=512)
+def _directions(name: str, shape: tuple[int, ...], bias: bool, dim: int, seed: int):
+    """The draws of ``directions``, made once per process (they are redrawn identically)."""
+    key = f"{seed}\x00{name}\x00{shape}".encode()
     gen = torch.Generator().manual_seed(int.from_bytes(hashlib.blake2b(key, digest_size=8)
                                                        .digest(), "big") >> 1)
-    w = module.weight
-    r = torch.randn(dim, w.shape[0], generator=gen, dtype=torch.float64)
-    s = torch.randn(dim, *w.shape[1:], generator=gen, dtype=torch.float64)
-    rb = (torch.randn(dim, w.shape[0], generator=gen, dtype=torch.float64)
-          if module.bias is not None and module.bias.requires_grad else None)
+    r = torch.randn(dim, shape[0], generator=gen, dtype=torch.float64)
+    s = torch.randn(dim, *shape[1:], generator=gen, dtype=torch.float64)
+    rb = torch.randn(dim, shape[0], generator=gen, dtype=torch.float64) if bias else None
     return r, s, rb
 
 

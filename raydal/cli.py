@@ -22,11 +22,16 @@ def _open_run(run_dir: str):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import os
     from raydal.config import load_config
+    from raydal.connect import SUPERVISED_ENV, cluster_address, supervise
     from raydal.loop import ActiveLoop
     from raydal.report import format_table
 
     cfg = load_config(args.config)
+    target, _ = cluster_address(cfg.ray.address)
+    if target is not None and not os.environ.get(SUPERVISED_ENV):  # a driver joined to a head
+        return supervise([sys.executable, "-m", "raydal.cli", *args.argv], target)
     if args.run_dir:
         cfg = cfg.with_overrides(run_dir=args.run_dir)
     if args.no_progress:
@@ -154,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         try:

@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -30,6 +31,8 @@ LOCAL = "local"
 HEAD_LOST_S = 20.0
 #: Exit status of a driver whose head died (distinct from errors: status 2, crashes: 1).
 HEAD_LOST_EXIT = 3
+#: Set in the environment of a driver that ``supervise`` runs (so it does not supervise again).
+SUPERVISED_ENV = "RAYDAL_SUPERVISED"
 
 
 class ClusterUnreachable(RaydalError, ConnectionError):
@@ -127,12 +130,41 @@ def watch_head(address: str, lost_s: float = HEAD_LOST_S) -> threading.Thread | 
                 continue
             down_since = down_since or time.monotonic()
             if time.monotonic() - down_since >= lost_s:
-                print(f"error: the Ray head at {address} stopped answering for {lost_s:.0f} s "
-                      "(killed or its machine lost); this driver exits. Every finished step is "
-                      "saved: start the head again (or use `ray.address: local`) and rerun the "
-                      "same command to resume", file=sys.stderr, flush=True)
+                print(_head_lost_message(address), file=sys.stderr, flush=True)
                 os._exit(HEAD_LOST_EXIT)
 
     thread = threading.Thread(target=watch, name="raydal-head-watch", daemon=True)
     thread.start()
     return thread
+
+
+def _head_lost_message(address: str) -> str:
+    return (f"error: the Ray head at {address} stopped answering (killed or its machine lost); "
+            "this driver exits. Every finished step is saved: start the head again (or use "
+            "`ray.address: local`) and rerun the same command to resume")
+
+
+def supervise(command: list[str], address: str) -> int:
+    """Run ``command`` (a driver joined to ``address``) as a child process and return its exit
+    status, or HEAD_LOST_EXIT with a clear message when it failed because the head is gone.
+
+    A driver on the head's own machine is ended by Ray itself (status 1, nothing on stderr) the
+    moment its local raylet dies, before ``watch_head`` can act; only a parent process outlives
+    it to say why. SIGTERM is passed on to the child; Ctrl-C reaches it through the terminal.
+    """
+    child = subprocess.Popen(command, env={**os.environ, SUPERVISED_ENV: "1"})
+    main = threading.current_thread() is threading.main_thread()
+    if main:
+        previous = (signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM)),
+                    signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        rc = child.wait()
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous[0])
+            signal.signal(signal.SIGINT, previous[1])
+    hp = _host_port(address)
+    if rc in (0, 2, 130, 143, HEAD_LOST_EXIT) or hp is None or port_open(*hp):
+        return rc
+    print(_head_lost_message(address), file=sys.stderr, flush=True)
+    return HEAD_LOST_EXIT

@@ -14,7 +14,9 @@ every logged value.
 from __future__ import annotations
 
 import json
+import os
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -77,7 +79,11 @@ class Tracker:
             self._client = MlflowClient(tracking_uri=target.mlflow_uri)
         if target.tensorboard_dir:
             from tensorboardX import SummaryWriter
-            self._writer = SummaryWriter(target.tensorboard_dir, flush_secs=5)
+            # One event file per writer: the default name (seconds + host) collides when two
+            # writers open the folder within a second (a round's worker and a resumed driver),
+            # and the later one truncates the earlier's file.
+            self._writer = SummaryWriter(target.tensorboard_dir, flush_secs=5,
+                                         filename_suffix=f".{os.getpid()}.{uuid.uuid4().hex[:8]}")
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         if self._client is not None:
@@ -114,6 +120,9 @@ class EpochCurves:
         self.tracker.log({"train_loss_epoch": loss}, step=self.step0 + epoch)
         if self.tracker._writer is not None:
             self.tracker._writer.flush()
+
+    def close(self) -> None:
+        self.tracker.close()
 
 
 def worker_curves(tracking: Mapping[str, Any] | None) -> EpochCurves | None:

@@ -136,6 +136,8 @@ def _train_func(config: dict) -> None:
         if s.checkpoint_every and (epoch + 1) % s.checkpoint_every == 0 and epoch + 1 < s.epochs:
             _report(model, spec, {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1)},
                     rank, local_dir)
+    if curves is not None:
+        curves.close()
     # "test" is not split across workers (DataConfig in train_round): rank 0 evaluates every
     # row exactly once (an equal split would drop the remainder rows).
     # The unwrapped module: a DDP forward syncs buffers with every rank and would wait forever.

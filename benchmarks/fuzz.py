@@ -353,7 +353,7 @@ def pool_case(rng: random.Random, n: int) -> tuple[str, pa.Table]:
 def run_pool(rng: random.Random, work: Path, case: int) -> Outcome:
     from raydal.errors import RaydalError
     from raydal.pool import Pool
-    from raydal.select import select
+    from raydal.selection import select
     from raydal.transforms import InputSpec
     what, table = pool_case(rng, rng.choice([3, 12, 40]))
     folder = work / f"pool-{case}"

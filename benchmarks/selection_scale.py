@@ -244,7 +244,7 @@ def bare_concurrent_seconds(pool_path: str, model_kind: str, rows: int, batch_si
 
 
 def _bare_child(start_at: float, **kw) -> dict:
-    import raydal.select  # noqa: F401  (imports done before the agreed start)
+    import raydal.selection  # noqa: F401  (imports done before the agreed start)
     late = time.time() > start_at
     time.sleep(max(0.0, start_at - time.time()))
     return {**bare_seconds(**kw), "late": late}

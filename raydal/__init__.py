@@ -6,15 +6,35 @@ Python API:
     ActiveLoop           the resumable train -> select -> label loop
     create_strategy, list_strategies, register_strategy
 """
-from raydal.config import ConfigError, RunConfig, load_config, parse_config
-from raydal.loop import ActiveLoop
-from raydal.models import ModelSpec, create_model, load_checkpoint, save_checkpoint
-from raydal.pool import Pool
-from raydal.scoring import create_strategy, list_strategies, register_strategy
-from raydal.select import Selection, select
-from raydal.transforms import InputSpec
+from importlib import import_module
 
-__all__ = ["ActiveLoop", "ConfigError", "InputSpec", "ModelSpec", "Pool", "RunConfig",
-           "Selection", "create_model", "create_strategy", "list_strategies", "load_checkpoint",
-           "load_config", "parse_config", "register_strategy", "save_checkpoint", "select"]
+#: public name -> module. Imported on first use (PEP 562), so a scoring actor that unpickles
+#: raydal.selection does not pay for timm, pydantic and the loop it never uses. No submodule
+#: shares a name with a public attribute (the selection code is raydal.selection, the function
+#: raydal.select), so importing a submodule never replaces a public name.
+_API = {"ConfigError": "raydal.errors", "RunConfig": "raydal.config",
+        "load_config": "raydal.config", "parse_config": "raydal.config",
+        "ActiveLoop": "raydal.loop",
+        "ModelSpec": "raydal.models", "create_model": "raydal.models",
+        "load_checkpoint": "raydal.models", "save_checkpoint": "raydal.models",
+        "Pool": "raydal.pool",
+        "create_strategy": "raydal.scoring", "list_strategies": "raydal.scoring",
+        "register_strategy": "raydal.scoring",
+        "Selection": "raydal.selection", "select": "raydal.selection",
+        "InputSpec": "raydal.transforms"}
+
+
+def __getattr__(name: str):
+    if name in _API:
+        value = getattr(import_module(_API[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'raydal' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_API))
+
+
+__all__ = sorted(_API)
 __version__ = "0.1.0"

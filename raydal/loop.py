@@ -264,7 +264,7 @@ class ActiveLoop:
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
     def _select_and_label(self, r: int, data: RunData, model: Location | None) -> None:
-        from raydal.select import select
+        from raydal.selection import select
         if self.labels.has_round(r):
             return
         cfg = self.config

@@ -9,7 +9,7 @@ from raydal.merge import top_k
 from raydal.models import ModelSpec, create_model, save_checkpoint
 from raydal.pool import Pool
 from raydal.scoring import create_strategy
-from raydal.select import iter_labeled_batches
+from raydal.selection import iter_labeled_batches
 from raydal.transforms import decode_rows, to_model_input
 
 pytestmark = pytest.mark.integration

@@ -19,7 +19,7 @@ from raydal.errors import (ConfigError, PoolError, RaydalError, ResourceError, R
                            SelectionError)
 from raydal.loop import ActiveLoop
 from raydal.pool import Pool
-from raydal.select import select
+from raydal.selection import select
 from raydal.transforms import InputSpec
 
 pytestmark = pytest.mark.integration

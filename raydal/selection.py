@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,28 +93,52 @@ def _device(num_gpus: float) -> str:
     return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
 
 
-# ---- the scoring actor -----------------------------------------------------------------------
+# ---- scoring tasks in pooled worker processes -----------------------------------------------
 #: status of an output row that is neither a candidate ("") nor a skipped image (the reason).
 COUNT_ONLY = "\x00count-only"
 
 
-class ScoreBatches:
-    """Callable class for ``map_batches``: model loaded once per actor, one batch per call."""
+@dataclass
+class ScoringJob:
+    """What a scoring task needs. ``token`` names one selection: a worker process loads the
+    model, the strategy's context and the labeled ids once per token (see ``score_block``)."""
 
-    def __init__(self, source: ModelSource, strategy: Strategy, context_ref: list,
-                 labeled_ref: list, k: int, num_gpus: float = 0.0, num_threads: int = 1):
-        torch.set_num_threads(max(1, num_threads))
-        self.device = _device(num_gpus)
-        self.strategy = strategy
-        self.model, self.spec = (source.load(self.device) if strategy.needs_model
-                                 else (None, source.spec()))
-        self.context = ray.get(context_ref[0])
-        self.labeled = ray.get(labeled_ref[0])
-        self.k = k
+    token: str
+    source: ModelSource
+    strategy: Strategy
+    context_ref: list  # [ObjectRef] of strategy.prepare's result (wrapped: resolved in a task)
+    labeled_ref: list  # [ObjectRef] of the labeled ids' frozenset
+    k: int
+    batch_size: int
+    num_gpus: float = 0.0
+    num_threads: int = 1
+
+
+class Scorer:
+    """One worker process's state for one selection: model, context and labeled ids."""
+
+    def __init__(self, job: ScoringJob):
+        self.job, self.strategy = job, job.strategy
+        self.device = _device(job.num_gpus)
+        self.model, self.spec = (job.source.load(self.device) if job.strategy.needs_model
+                                 else (None, job.source.spec()))
+        self.context = ray.get(job.context_ref[0])
+        self.labeled = ray.get(job.labeled_ref[0])
         self.node = ray.get_runtime_context().get_node_id()
-        self.running = RunningTopK(k)  # no lock: Ray Data calls an actor one batch at a time
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def score_block(self, block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Score a block in batches of ``job.batch_size``; pass on the rows that enter the
+        block's running top-k (or a set strategy's candidates), skipped rows with their reason,
+        and the count of rows scored. Stateless across blocks: a retried block gives the same
+        rows."""
+        running = RunningTopK(self.job.k)
+        n = len(block["id"])
+        outs = [self._score_batch({c: v[s:s + self.job.batch_size] for c, v in block.items()},
+                                  running) for s in range(0, n, self.job.batch_size)]
+        return {c: np.concatenate([o[c] for o in outs]) for c in outs[0]} if outs else {}
+
+    def _score_batch(self, batch: dict[str, np.ndarray], running: RunningTopK
+                     ) -> dict[str, np.ndarray]:
         ids = np.asarray([str(i) for i in batch["id"]], dtype=object)
         fresh = np.fromiter((i not in self.labeled for i in ids), bool, len(ids))
         ids = ids[fresh]
@@ -129,8 +154,8 @@ class ScoreBatches:
             x = to_model_input(arr, self.spec).to(self.device)
             ok_ids = [ids[i] for i in ok]
             scores = self.strategy.score(self.model, x, ok_ids, self.context)
-            top_ids, top_scores = self.running.admit(np.asarray(ok_ids, dtype=str),
-                                                     scores.detach().double().cpu().numpy())
+            top_ids, top_scores = running.admit(np.asarray(ok_ids, dtype=str),
+                                                scores.detach().double().cpu().numpy())
             out_ids, out_scores = top_ids.tolist(), top_scores.tolist()
         status = [""] * len(out_ids) + [reason for _, reason in bad]
         out_ids += [ids[i] for i, _ in bad]
@@ -152,7 +177,7 @@ class ScoreBatches:
         x = to_model_input(arr, self.spec).to(self.device)
         feats = self.strategy.embed(self.model, x, ok_ids, self.context)
         keep = self.strategy.candidates(np.asarray(ok_ids, dtype=str), feats,
-                                        self.strategy.num_candidates(self.k), self.context)
+                                        self.strategy.num_candidates(self.job.k), self.context)
         return ([ok_ids[i] for i in keep], [0.0] * len(keep),
                 [np.ascontiguousarray(feats[i], dtype=np.float32).tobytes() for i in keep])
 
@@ -160,6 +185,24 @@ class ScoreBatches:
         if not isinstance(self.strategy, SetStrategy):
             return {}
         return {"features": np.asarray(feats + [b""] * num_bad, dtype=object)}
+
+
+#: This worker process's Scorer of the current selection (one entry; a new token replaces it).
+_SCORERS: dict[str, Scorer] = {}
+
+
+def score_block(block: dict[str, np.ndarray], job: ScoringJob) -> dict[str, np.ndarray]:
+    """``map_batches`` function, one call per block, run as a Ray task in a pooled worker.
+
+    Pooled workers outlive a selection (and run the training task too), so from the second
+    round on, scoring starts in processes that have torch and timm imported; only the model of
+    the round is loaded, once per process (measured in README, "Start-up against work")."""
+    scorer = _SCORERS.get(job.token)
+    if scorer is None:
+        _SCORERS.clear()  # the previous selection's model and context
+        scorer = _SCORERS[job.token] = Scorer(job)
+    torch.set_num_threads(job.num_threads)
+    return scorer.score_block(block)
 
 
 # ---- labeled-set context (runs as a Ray task, next to the data, not on the driver) -----------
@@ -270,18 +313,15 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
     ds = pool.to_dataset()
     ds.context.target_max_block_size = int(min(
         ds.context.target_max_block_size, max(256 << 10, pool.num_bytes // (32 * num_actors))))
+    job = ScoringJob(uuid.uuid4().hex, source, strategy, [context_ref],
+                     [ray.put(frozenset(labels))], budget, batch_size, num_gpus_per_actor,
+                     int(max(1, num_cpus_per_actor)))
     scores_ds = ds.map_batches(
-        ScoreBatches,
-        fn_constructor_kwargs=dict(source=source, strategy=strategy,
-                                   context_ref=[context_ref],
-                                   labeled_ref=[ray.put(frozenset(labels))], k=budget,
-                                   num_gpus=num_gpus_per_actor,
-                                   num_threads=int(max(1, num_cpus_per_actor))),
-        batch_size=batch_size, batch_format="numpy",
-        # two blocks an actor (one scoring, one fetched): Ray Data's default queues four, which
-        # at the end of a pool leaves one actor with a backlog while the others idle
-        compute=ray.data.ActorPoolStrategy(size=num_actors, max_tasks_in_flight_per_actor=2),
-        num_gpus=num_gpus_per_actor, num_cpus=num_cpus_per_actor)
+        score_block, fn_kwargs=dict(job=job), batch_size=None, batch_format="numpy",
+        concurrency=num_actors, num_gpus=num_gpus_per_actor, num_cpus=num_cpus_per_actor,
+        # Ray ends a GPU task's worker after each call by default (max_calls 1): keep it, or
+        # every block would reload the model
+        max_calls=0)
 
     set_based = isinstance(strategy, SetStrategy)
     merger = (StreamingCandidates(strategy, budget, ray.get(context_ref)) if set_based

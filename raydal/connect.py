@@ -144,6 +144,14 @@ def _head_lost_message(address: str) -> str:
             "`ray.address: local`) and rerun the same command to resume")
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL it when its parent dies (Linux), so a killed
+    supervisor never leaves its driver running, holding the run directory."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def supervise(command: list[str], address: str) -> int:
     """Run ``command`` (a driver joined to ``address``) as a child process and return its exit
     status, or HEAD_LOST_EXIT with a clear message when it failed because the head is gone.
@@ -152,7 +160,8 @@ def supervise(command: list[str], address: str) -> int:
     moment its local raylet dies, before ``watch_head`` can act; only a parent process outlives
     it to say why. SIGTERM is passed on to the child; Ctrl-C reaches it through the terminal.
     """
-    child = subprocess.Popen(command, env={**os.environ, SUPERVISED_ENV: "1"})
+    child = subprocess.Popen(command, env={**os.environ, SUPERVISED_ENV: "1"},
+                             preexec_fn=_die_with_parent)
     main = threading.current_thread() is threading.main_thread()
     if main:
         previous = (signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM)),

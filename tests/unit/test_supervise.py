@@ -43,3 +43,36 @@ def test_a_crash_with_the_head_alive_keeps_its_status(open_port, capsys):
 def test_success_user_errors_and_interrupts_pass_through(closed_port, code, capsys):
     assert supervise(_exits(code), closed_port) == code
     assert "stopped answering" not in capsys.readouterr().err
+
+
+def test_a_killed_supervisor_takes_its_driver_with_it(closed_port, tmp_path):
+    """SIGKILL of the supervisor (the process a user or a test kills) ends the child too:
+    an orphaned driver would keep the run directory's lock."""
+    import os
+    import signal
+    import subprocess
+    import time
+    pid_file = tmp_path / "child.pid"
+    child_code = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    parent = subprocess.Popen([sys.executable, "-c",
+                               "import sys; from raydal.connect import supervise; "
+                               f"sys.exit(supervise([sys.executable, '-c', {child_code!r}], "
+                               f"{closed_port!r}))"])
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()):
+        assert time.monotonic() < deadline and parent.poll() is None
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{child}") and "Z" not in _state(child):
+        assert time.monotonic() < deadline, "the driver outlived its supervisor"
+        time.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"

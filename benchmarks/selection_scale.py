@@ -128,7 +128,7 @@ def _reset_peak_rss() -> bool:
 
 
 #: process groups of the CPU account: (group, substring of the process's command line)
-_CPU_GROUPS = (("scoring actors", "MapBatches(ScoreBatches)"), ("driver", "--child"),
+_CPU_GROUPS = (("scoring tasks", "score_block"), ("driver", "--child"),
                ("Ray system", "raylet"), ("Ray system", "gcs_server"), ("Ray system", "ray::_"),
                ("Ray system", "ray::Actor"), ("Ray system", "ray::Dashboard"),
                ("Ray system", "log_monitor"), ("Ray system", "dashboard"),
@@ -340,12 +340,17 @@ def markdown(result: dict) -> str:
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["sizes"]:
         one = r.get("one_actor") or {}
-        lines.append(f"| {r['rows']:,} | {r['select_seconds']:.1f} | {r['startup_s']:.1f} | "
+        mark = " (bare extrapolated)" if r["bare_sample_rows"] < r["rows"] else ""
+        lines.append(f"| {r['rows']:,}{mark} | {r['select_seconds']:.1f} | {r['startup_s']:.1f} | "
                      f"{r['rows_per_s']:,.0f} | {r['driver_peak_rss_mb'] or float('nan'):.0f} | "
                      f"{r['driver_rss_growth_mb']:.0f} | {r['bare_rows_per_s_1thread']:,.0f} / "
                      f"{r['bare_together_rows_per_s_each']:,.0f} | {r['overhead']:+.0%} / "
                      f"{_pct(r['overhead_steady'])} | {_pct(r['overhead_steady_vs_together'])} | "
                      f"{_pct(one.get('overhead'))} / {_pct(one.get('overhead_steady'))} |")
+    lines += ["", "bare extrapolated: bare timed on " + ", ".join(
+        f"{r['bare_sample_rows']:,} of the {r['rows']:,} rows" for r in result["sizes"]
+        if r["bare_sample_rows"] < r["rows"]) + ", its time scaled linearly; the other "
+        "sizes' bare figures are timed on the whole pool"]
     largest = max(result["sizes"], key=lambda r: r["rows"])
     cpu, cores = largest["cpu_seconds"], result["machine"]["cpus"]
     lines += ["", f"CPU seconds used during the {largest['rows']:,}-row select() "

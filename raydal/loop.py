@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import yaml
 
+from raydal import hooks
 from raydal.config import ConfigError, RunConfig
 from raydal.connect import connect
 from raydal.datasets import prepare_dataset
@@ -36,7 +37,7 @@ from raydal.resources import ensure_schedulable, selection_demand, training_dema
 from raydal.scoring.base import create_strategy
 from raydal.shared_paths import check_shared
 from raydal.storage import (atomic_write_bytes, atomic_write_json, atomic_write_parquet,
-                            fault_point, read_json, read_table, run_dir_lock)
+                            read_json, read_table, run_dir_lock)
 
 #: Config sections that must not change when a run is resumed (they define what was bought).
 _FIXED_ON_RESUME = ("seed", "data", "model", "strategy")
@@ -284,14 +285,14 @@ class ActiveLoop:
                          num_cpus_per_actor=s.num_cpus_per_actor,
                          input_spec=self.model_spec(data.num_classes).input_spec,
                          progress=cfg.progress, resource_wait_s=cfg.ray.resource_wait_s)
-            fault_point(f"select-{r}")  # scored, nothing written yet
+            hooks.point(f"select-{r}")  # scored, nothing written yet
             atomic_write_json(sel_path.with_suffix(".json"), {
                 "round": r, "strategy": strategy.name, "budget": budget,
                 "num_selected": len(sel.ids), "num_scored": sel.num_scored,
                 "seconds": sel.seconds, "startup_seconds": sel.startup_seconds,
                 "nodes": sel.nodes, "skipped": [list(x) for x in sel.skipped]})
             atomic_write_parquet(sel_path, sel.to_table())  # the commit point of a selection
-            fault_point(f"selected-{r}")
+            hooks.point(f"selected-{r}")
         self._set_state(r, "label")
         if cfg.loop.oracle == "file":
             csv_path = to_label_paths(self.run_dir, r)["csv"]
@@ -302,7 +303,7 @@ class ActiveLoop:
         ids = read_picks(sel_path)
         t0 = time.perf_counter()
         answers = SimulatedOracle(data.truth).label(ids)
-        fault_point(f"label-{r}")  # answers bought, not yet written
+        hooks.point(f"label-{r}")  # answers bought, not yet written
         self.labels.append(r, answers, source="simulated", num_classes=data.num_classes)
         meta = read_json(sel_path.with_suffix(".json"), {})
         meta["label_seconds"] = time.perf_counter() - t0
@@ -322,7 +323,7 @@ class ActiveLoop:
         settings = t.settings(seed=cfg.seed + r)
         m = train_round(self.model_spec(data.num_classes), data.pool, labels, data.test,
                         settings, ckpt, warm, self.run_dir / "ray_train", progress=cfg.progress,
-                        fault_name=f"train-{r}",
+                        hook_name=f"train-{r}",
                         tracking=self.tracking.target if self.tracking else None,
                         step0=r * cfg.training.epochs)
         self._set_state(r, "trained")

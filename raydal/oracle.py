@@ -63,12 +63,14 @@ def export_for_labeling(run_dir: Location, r: int, selection: pa.Table, pool: Po
     """Write the round's picks for people; returns the CSV path (written last)."""
     paths = to_label_paths(run_dir, r)
     rows = pool.take(selection.column("id").to_pylist())
-    where = dict(zip(rows.column("id").to_pylist(), rows.column(pool.image_column).to_pylist()))
+    images, image_paths = pool.image_inputs(rows)
+    where = dict(zip(rows.column("id").to_pylist(),
+                     image_paths if image_paths is not None else images))
     ranks = dict(zip(selection.column("id").to_pylist(), selection.column("rank").to_pylist()))
     scores = dict(zip(selection.column("id").to_pylist(), selection.column("score").to_pylist()))
     image_of = {}
     for id_ in ranks:
-        if pool.image_column == "path":
+        if image_paths is not None:
             image_of[id_] = str(where[id_])
         else:  # bytes in the pool: write them out so a person can see them
             target = paths["images"] / _safe_name(ranks[id_], id_)

@@ -5,15 +5,38 @@ path or a URI such as ``s3://bucket/img/0001.png``). The pool itself is a local 
 pyarrow filesystem URI (``raydal.fs``). A Pool is only a reference to files: it streams
 (``to_dataset`` for Ray Data, ``iter_batches`` locally) and is never loaded whole into one
 process; images are decoded where they are used, never here.
+
+What a pool source provides (select, train and the oracles use nothing else; a source that is
+not Parquet -- an image folder read in place, WebDataset shards -- subclasses Pool and
+overrides these, README "Custom pools"):
+
+    path                 str: where the pool is, for messages and the shared-path check
+    columns              the columns ``to_dataset`` and ``take`` give: ["id", image column]
+    image_column         "image" (encoded bytes) or "path" (a local path or URI per row)
+    to_dataset(columns)  a streaming ray.data.Dataset of ``columns`` (plus "label" when asked
+                         for, in a test set)
+    image_inputs(batch)  (images, paths) of a batch of ``to_dataset`` or of ``take``: the one
+                         place that turns rows into encoded bytes or paths
+    decode(batch, spec)  those rows decoded for a model (select and train call this)
+    take(ids)            a pyarrow Table (id as string, image column) of the rows of ``ids``
+    iter_ids()           the ids in chunks (lists of str)
+    missing_ids(ids)     the ids of ``ids`` not in the pool, sorted
+    check_ids()          PoolError on null or duplicate ids; returns the row count
+    num_rows, num_bytes  row count; stored size in bytes (sizes Ray Data's blocks)
+    image_shape          (height, width, channels) shared by every image, or None if unknown
+    input_spec()         the InputSpec those images give a model, or None if unknown
+
+A Pool pickles (it is sent to Ray tasks), so a source keeps only picklable state.
 """
 from __future__ import annotations
 
 import atexit
+import json
 import posixpath
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +55,8 @@ _OWNED: set[Path] = set()
 atexit.register(lambda: [shutil.rmtree(d, ignore_errors=True) for d in list(_OWNED)])
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+#: Parquet schema metadata of a pool built from an array: JSON [height, width, channels].
+IMAGE_SHAPE_KEY = b"raydal.image_shape"
 
 
 class Pool:
@@ -117,6 +142,44 @@ class Pool:
     @property
     def columns(self) -> list[str]:
         return ["id", self.image_column]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int] | None:
+        """(height, width, channels) of every image when the pool records it (one built by
+        ``from_numpy``), else None."""
+        raw = (self._dataset().schema.metadata or {}).get(IMAGE_SHAPE_KEY)
+        return tuple(json.loads(raw)) if raw else None
+
+    def input_spec(self):
+        """``InputSpec(channels, size)`` that feeds the images to a model as they are (no
+        resize), when every image has one known square shape with 1 or 3 channels; else None."""
+        from raydal.transforms import InputSpec
+        shape = self.image_shape
+        if shape is None or shape[0] != shape[1] or shape[2] not in (1, 3):
+            return None
+        return InputSpec(in_chans=shape[2], img_size=shape[0])
+
+    def image_inputs(self, batch: Mapping[str, Any] | pa.Table, keep: np.ndarray | None = None
+                     ) -> tuple[Sequence | None, Sequence | None]:
+        """(images, paths) of the rows of ``batch`` for ``transforms.decode_rows``: one is the
+        image column (encoded bytes, or paths/URIs), the other None.
+
+        batch: a numpy batch of ``to_dataset`` (column -> array) or a Table from ``take``;
+        keep: a boolean mask of the rows wanted (default all).
+        """
+        col = batch[self.image_column]
+        if isinstance(col, (pa.Array, pa.ChunkedArray)):
+            col = np.asarray(col.to_pylist(), dtype=object)
+        if keep is not None:
+            col = col[keep]
+        return (col, None) if self.image_column == "image" else (None, col)
+
+    def decode(self, batch: Mapping[str, Any] | pa.Table, spec, keep: np.ndarray | None = None
+               ) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
+        """Decode the (kept) rows of ``batch`` for a model of InputSpec ``spec``:
+        (N_ok, C, S, S) uint8, indices of the good rows, (index, reason) of the bad ones."""
+        from raydal.transforms import decode_rows
+        return decode_rows(*self.image_inputs(batch, keep), spec)
 
     def to_dataset(self, columns: Sequence[str] | None = None, **read_args):
         """A streaming ``ray.data.Dataset`` of (id, image|path) or of ``columns``.
@@ -225,8 +288,12 @@ class Pool:
         owned = None if path else Path(tempfile.mkdtemp(prefix="raydal-pool-"))
         path = path or owned / "pool.parquet"
 
+        shape = list(images.shape[1:3]) + [images.shape[3] if images.ndim == 4 else 1]
+        schema = images_table(images[:1], ids[:1]).schema.with_metadata(
+            {IMAGE_SHAPE_KEY: json.dumps(shape).encode()})
+
         def write(tmp: Path) -> None:
-            with pq.ParquetWriter(tmp, images_table(images[:1], ids[:1]).schema) as w:
+            with pq.ParquetWriter(tmp, schema) as w:
                 for s in range(0, len(images), 1024):
                     w.write_table(images_table(images[s:s + 1024], ids[s:s + 1024]))
         return cls(atomic_write(path, write))._own(owned)

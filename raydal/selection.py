@@ -1,9 +1,13 @@
-"""Distributed selection: Ray Data streams the pool through scoring actors; the driver merges.
+"""Distributed selection: Ray Data streams the pool through scoring tasks; the driver merges.
 
-pool --read_parquet--> ScoreBatches actors (drop labeled ids, decode, score, RunningTopK)
-     --(id, score) rows that enter the actor's running top-k--> driver StreamingTopK
+pool --read_parquet--> score_block tasks (drop labeled ids, decode, score, RunningTopK per block)
+     --(id, score) rows that enter the block's running top-k--> driver StreamingTopK
      --> exact global top-k.
-Set-based strategies (BADGE, Coreset; raydal.scoring.diversity): the actors embed each batch and
+The tasks run in Ray's pooled worker processes, at most ``num_actors`` at a time; a process keeps
+the selection's model once loaded (``score_block``), and the processes outlive the selection, so
+later rounds start without new processes or imports. A task whose process dies is retried by
+Ray Data; a block's output does not depend on the process that scored it.
+Set-based strategies (BADGE, Coreset; raydal.scoring.diversity): the tasks embed each batch and
 keep its ``candidates`` (rows + features), the driver's StreamingCandidates reduces their union
 and runs ``pick`` -- an approximation of the single-process algorithm, measured in that module.
 """
@@ -30,7 +34,7 @@ from raydal.resources import ensure_schedulable, selection_demand
 from raydal.scoring.base import Strategy, create_strategy
 from raydal.scoring.diversity import SetStrategy, StreamingCandidates, features_from_bytes
 from raydal.shared_paths import check_shared
-from raydal.transforms import InputSpec, decode_rows, to_model_input
+from raydal.transforms import InputSpec, to_model_input
 
 log = logging.getLogger("raydal")
 
@@ -46,7 +50,7 @@ class Selection:
     seconds: float = 0.0          # wall time of the whole selection
     startup_seconds: float = 0.0  # until the first scored batch reached the driver
     startup_rows: int = 0         # rows scored (or skipped) in that first batch
-    nodes: list[str] = field(default_factory=list)  # Ray node ids of the scoring actors
+    nodes: list[str] = field(default_factory=list)  # Ray node ids of the scoring tasks
 
     def to_table(self) -> pa.Table:
         return pa.table({"id": pa.array(self.ids, pa.string()),
@@ -57,7 +61,8 @@ class Selection:
 # ---- model sources ---------------------------------------------------------------------------
 @dataclass
 class ModelSource:
-    """Where actors get the model: a checkpoint folder, or an in-memory module in the object store."""
+    """Where scorers get the model: a checkpoint folder, or an in-memory module in the object
+    store."""
 
     checkpoint: str | None = None
     module_ref: list | None = None  # [ObjectRef] (wrapped so Ray does not resolve it early)
@@ -78,12 +83,20 @@ class ModelSource:
         return model, self.input_spec
 
 
-def model_source(model: torch.nn.Module | str | Path | None,
-                 input_spec: InputSpec | None) -> ModelSource:
+def model_source(model: torch.nn.Module | str | Path | None, input_spec: InputSpec | None,
+                 pool: Pool) -> ModelSource:
+    """A checkpoint keeps its own InputSpec; a module (or None) takes ``input_spec``, else the
+    pool's (``Pool.input_spec``: known for square 1- or 3-channel arrays of ``from_numpy``)."""
     if model is None or isinstance(model, torch.nn.Module):
+        input_spec = input_spec or pool.input_spec()
         if input_spec is None:
-            raise ValueError("input_spec is required when model is a module or None; pass "
-                             "input_spec=InputSpec(in_chans, img_size) or a checkpoint path")
+            shape = pool.image_shape
+            known = (f"its images are {shape[0]}x{shape[1]} with {shape[2]} channels"
+                     if shape else "it does not record its images' shape (a pool from "
+                     "Pool.from_numpy does)")
+            raise ValueError(f"input_spec is required when model is a module or None and the "
+                             f"pool gives none ({known}); pass input_spec=InputSpec(in_chans, "
+                             "img_size) or a checkpoint path")
         return ModelSource(module_ref=[ray.put(model)] if model is not None else None,
                            input_spec=input_spec)
     return ModelSource(checkpoint=str(model), input_spec=input_spec)
@@ -105,6 +118,7 @@ class ScoringJob:
 
     token: str
     source: ModelSource
+    pool: Pool  # decodes its batches (Pool.decode)
     strategy: Strategy
     context_ref: list  # [ObjectRef] of strategy.prepare's result (wrapped: resolved in a task)
     labeled_ref: list  # [ObjectRef] of the labeled ids' frozenset
@@ -142,9 +156,7 @@ class Scorer:
         ids = np.asarray([str(i) for i in batch["id"]], dtype=object)
         fresh = np.fromiter((i not in self.labeled for i in ids), bool, len(ids))
         ids = ids[fresh]
-        images = batch["image"][fresh] if "image" in batch else None
-        paths = batch["path"][fresh] if "path" in batch else None
-        arr, ok, bad = decode_rows(images, paths, self.spec)
+        arr, ok, bad = self.job.pool.decode(batch, self.spec, fresh)
         out_ids: list[str] = []
         out_scores: list[float] = []
         out_feats: list[bytes] = []
@@ -212,20 +224,17 @@ def iter_labeled_batches(pool: Pool, labels: Mapping[str, int], spec: InputSpec,
     ids = sorted(labels)
     for s in range(0, len(ids), batch_size):
         table = pool.take(ids[s:s + batch_size])
-        col = table.column(pool.image_column).to_pylist()
-        images, paths = (col, None) if pool.image_column == "image" else (None, col)
-        arr, ok, _ = decode_rows(images, paths, spec)
+        arr, ok, _ = pool.decode(table, spec)
         if ok:
             row_ids = table.column("id").to_pylist()
             y = torch.tensor([labels[row_ids[i]] for i in ok], dtype=torch.int64)
             yield to_model_input(arr, spec).to(device), y.to(device)
 
 
-def _prepare_context(strategy: Strategy, source: ModelSource, pool_path: str,
+def _prepare_context(strategy: Strategy, source: ModelSource, pool: Pool,
                      labels: dict[str, int], batch_size: int, num_gpus: float) -> Any:
     device = _device(num_gpus)
     model, spec = source.load(device)
-    pool = Pool(pool_path)
     check_labeled(pool, labels, getattr(model, "num_classes", None))
     return strategy.prepare(model, iter_labeled_batches(pool, labels, spec, batch_size, device))
 
@@ -270,11 +279,14 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
            progress: bool = True, resource_wait_s: float = 0.0) -> Selection:
     """Pick the ``budget`` best unlabeled samples of ``pool``.
 
-    model: a torch module (then ``input_spec`` is required), or a raydal checkpoint folder.
+    model: a raydal checkpoint folder, or a torch module; a module needs ``input_spec`` unless
+    the pool knows it (``Pool.input_spec``: square 1- or 3-channel arrays of ``from_numpy``,
+    fed at their own size).
     labeled: id -> label of the labeled set (labels are needed by dynamicAL), or just ids.
     The result is identical for any ``num_actors`` and ``batch_size``.
-    num_cpus_per_actor is Ray's logical reservation; each actor runs max(1, int(it)) torch
-    threads. The actors must leave a CPU free for Ray Data's read tasks: a request the cluster
+    num_actors: scoring tasks at a time (the name is kept from when they were actors).
+    num_cpus_per_actor is Ray's logical reservation of each; each runs max(1, int(it)) torch
+    threads. The scorers must leave a CPU free for Ray Data's read tasks: a request the cluster
     cannot place raises ResourceError (after waiting up to ``resource_wait_s`` seconds for an
     autoscaling cluster to grow). SelectionError if no unlabeled image could be used.
     """
@@ -289,7 +301,7 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
     if isinstance(strategy, str):
         strategy = create_strategy(strategy, **(strategy_options or {}))
     labels = dict(labeled) if isinstance(labeled, Mapping) else {i: -1 for i in (labeled or [])}
-    source = model_source(model, input_spec)
+    source = model_source(model, input_spec, pool)
     check_shared({"pool": pool.path, "model": source.checkpoint})  # many nodes, local paths
     if strategy.needs_model and source.checkpoint is None and source.module_ref is None:
         raise ValueError(f"strategy {strategy.name!r} needs a model; pass model=")
@@ -301,19 +313,19 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
                              "pass labeled={id: label, ...}")
         task = ray.remote(_prepare_context).options(num_gpus=num_gpus_per_actor,
                                                     num_cpus=num_cpus_per_actor)
-        # not awaited here: the labeled-set pass runs while the scoring actors start (each
-        # waits for it in its constructor)
-        context_ref = task.remote(strategy, source, pool.path, labels, batch_size,
+        # not awaited here: the labeled-set pass runs while the first blocks are read (each
+        # scorer waits for it when it loads the selection)
+        context_ref = task.remote(strategy, source, pool, labels, batch_size,
                                   num_gpus_per_actor)
 
-    # Ray Data reads Parquet as few large blocks (several files merged, up to 128 MiB), and an
-    # actor's results reach the driver when it finishes a block. About 32 blocks an actor
-    # (split at row groups, at least 256 KiB) keep actors evenly busy to the end of the pool,
+    # Ray Data reads Parquet as few large blocks (several files merged, up to 128 MiB), and a
+    # scorer's results reach the driver when it finishes a block. About 32 blocks a scorer
+    # (split at row groups, at least 256 KiB) keep scorers evenly busy to the end of the pool,
     # even a one-file pool, and results flowing (measured: benchmarks/selection_scale.py).
     ds = pool.to_dataset()
     ds.context.target_max_block_size = int(min(
         ds.context.target_max_block_size, max(256 << 10, pool.num_bytes // (32 * num_actors))))
-    job = ScoringJob(uuid.uuid4().hex, source, strategy, [context_ref],
+    job = ScoringJob(uuid.uuid4().hex, source, pool, strategy, [context_ref],
                      [ray.put(frozenset(labels))], budget, batch_size, num_gpus_per_actor,
                      int(max(1, num_cpus_per_actor)))
     scores_ds = ds.map_batches(
@@ -342,7 +354,7 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
         num_scored += n
         seen = n + int(bad.sum())
         bar.update(seen)
-        if startup is None:  # actors started, model loaded, first block read and scored
+        if startup is None:  # scorers started, model loaded, first block read and scored
             startup = (time.perf_counter() - t0, seen)
     bar.close()
     if not num_scored:
@@ -359,7 +371,7 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
 
 def _batches_or_context_error(scores_ds, context_ref) -> Iterator[dict[str, np.ndarray]]:
     """The scored batches; if they fail, a failed labeled-set pass raises its own error first
-    (the actors waited for it, so theirs would only wrap it)."""
+    (the scorers waited for it, so theirs would only wrap it)."""
     try:
         yield from scores_ds.iter_batches(batch_size=None, batch_format="numpy")
     except Exception:

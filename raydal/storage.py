@@ -292,12 +292,3 @@ class Lease:
             stop.set()
             thread.join()
             self.release()
-
-
-def fault_point(name: str) -> None:
-    """Test-only switch: SIGKILL this process at the named point if RAYDAL_FAULT_AT == name.
-
-    Fault-injection tests use it to kill a real driver in a chosen phase of a round.
-    """
-    if os.environ.get("RAYDAL_FAULT_AT") == name:
-        os.kill(os.getpid(), 9)

@@ -8,7 +8,6 @@ storage (``storage_path``) is a folder of the run directory, local or on an obje
 """
 from __future__ import annotations
 
-import os
 import posixpath
 import tempfile
 import time
@@ -25,9 +24,9 @@ from raydal.fs import Location, Where, resolve
 from raydal.models import (ModelSpec, create_model, load_checkpoint, load_weights,
                            read_checkpoint_meta, save_checkpoint, train_mode)
 from raydal.pool import Pool
-from raydal.storage import fault_point
+from raydal import hooks
 from raydal.tracking import worker_curves
-from raydal.transforms import InputSpec, decode_rows, to_model_input
+from raydal.transforms import InputSpec, to_model_input
 
 
 
@@ -45,8 +44,8 @@ class TrainSettings:
     max_failures: int = 1  # worker-group restarts Ray Train may make (FailureConfig)
 
 
-def decode_labeled(batch: dict[str, np.ndarray], labels_ref: list, spec: InputSpec
-                   ) -> dict[str, np.ndarray]:
+def decode_labeled(batch: dict[str, np.ndarray], labels_ref: list, spec: InputSpec,
+                   pool: Pool) -> dict[str, np.ndarray]:
     """map_batches function: keep rows whose id is in the labels, decode, attach the label.
 
     labels_ref: [ObjectRef of {id: label}] or [None] to use the batch's own ``label`` column.
@@ -55,9 +54,7 @@ def decode_labeled(batch: dict[str, np.ndarray], labels_ref: list, spec: InputSp
     ids = np.asarray([str(i) for i in batch["id"]], dtype=object)
     keep = (np.ones(len(ids), bool) if labels is None
             else np.fromiter((i in labels for i in ids), bool, len(ids)))
-    images = batch["image"][keep] if "image" in batch else None
-    paths = batch["path"][keep] if "path" in batch else None
-    arr, ok, _bad = decode_rows(images, paths, spec)
+    arr, ok, _bad = pool.decode(batch, spec, keep)
     kept = ids[keep][ok]
     if labels is not None:
         y = np.asarray([labels[i] for i in kept], dtype=np.int64)
@@ -74,7 +71,8 @@ def decoded_dataset(pool: Pool, spec: InputSpec, labels: Mapping[str, int] | Non
     """
     ds = pool.to_dataset(columns=pool.columns + ([] if labels else ["label"]))
     ref = [ray.put(dict(labels)) if labels is not None else None]
-    return ds.map_batches(decode_labeled, fn_kwargs={"labels_ref": ref, "spec": spec},
+    return ds.map_batches(decode_labeled, fn_kwargs={"labels_ref": ref, "spec": spec,
+                                                       "pool": pool},
                           batch_size=512).materialize()
 
 
@@ -132,7 +130,8 @@ def _train_func(config: dict) -> None:
             tracker.update.remote(epoch + 1, loss_sum / max(seen, 1))
         if curves is not None:
             curves.log_epoch(epoch + 1, loss_sum / max(seen, 1))
-        _maybe_die(config.get("fault_marker"), rank, epoch + 1)
+        with hooks.registered(*config["hooks"]):  # the driver's hooks (raydal.hooks)
+            hooks.point("epoch-end", rank=rank, epoch=epoch + 1)
         if s.checkpoint_every and (epoch + 1) % s.checkpoint_every == 0 and epoch + 1 < s.epochs:
             _report(model, spec, {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1)},
                     rank, local_dir)
@@ -149,15 +148,6 @@ def _train_func(config: dict) -> None:
                           "resumed_from_epoch": start_epoch,
                           "startup_seconds": (first_step or time.time()) - config["started_at"]},
             rank, local_dir)
-
-
-def _maybe_die(marker: str | None, rank: int, epoch: int) -> None:
-    """Test-only switch (RAYDAL_FAULT_TRAIN_MARKER in the driver): rank 0 dies once, after
-    epoch 2, as a worker on a lost node would; the marker file records that it happened."""
-    if marker and rank == 0 and epoch == 2 and not Path(marker).exists():
-        Path(marker).touch()
-        time.sleep(5)  # the controller collects the epoch-1 report asynchronously
-        os._exit(1)
 
 
 def _report(model, spec: ModelSpec, metrics: dict, rank: int,
@@ -224,7 +214,7 @@ class EpochTracker:
 
 
 def _fit_with_progress(fit: Callable[[], Any], tracker, epochs: int, enabled: bool,
-                       fault_name: str):
+                       hook_name: str):
     """fit() in a thread while a tqdm bar follows the tracker."""
     import threading
     from tqdm.auto import tqdm
@@ -239,7 +229,7 @@ def _fit_with_progress(fit: Callable[[], Any], tracker, epochs: int, enabled: bo
             epoch, loss = ray.get(tracker.get.remote())
             bar.update(epoch - bar.n)
             if epoch >= 1:
-                fault_point(fault_name)  # mid-training
+                hooks.point(hook_name)  # mid-training
             if loss is not None:
                 bar.set_postfix(loss=f"{loss:.3f}")
     value, error = out["result"]
@@ -330,7 +320,7 @@ def _load(checkpoint) -> torch.nn.Module:
 def train_round(spec: ModelSpec, pool: Pool, labels: Mapping[str, int], test_path: Where,
                 settings: TrainSettings, out_checkpoint: Where,
                 init_checkpoint: Where | None, storage_path: Where,
-                progress: bool = True, fault_name: str = "train", tracking=None,
+                progress: bool = True, hook_name: str = "train", tracking=None,
                 step0: int = 0) -> dict:
     """Train on the labeled rows of ``pool``; write the checkpoint folder; return metrics.
 
@@ -349,11 +339,11 @@ def train_round(spec: ModelSpec, pool: Pool, labels: Mapping[str, int], test_pat
               "init_checkpoint": resolve(init_checkpoint) if init_checkpoint else None,
               "tracker": [tracker], "started_at": started_at,
               "tracking": {**asdict(tracking), "step0": step0} if tracking else None,
-              "fault_marker": os.environ.get("RAYDAL_FAULT_TRAIN_MARKER")}
+              "hooks": hooks.current()}
     start = _one_worker_fit if settings.num_workers == 1 else _ray_train_fit
     fit = start(config, {"train": train_ds, "test": test_ds}, settings, run)
     result_metrics, load = _fit_with_progress(fit, tracker, settings.epochs, progress,
-                                              fault_name)
+                                              hook_name)
     nodes = ray.get(tracker.get_nodes.remote())
     ray.kill(tracker)
     metrics = {**result_metrics, "seconds": time.perf_counter() - t0, "nodes": nodes}

@@ -12,6 +12,7 @@ import yaml
 from raydal.config import ConfigError, parse_config
 from raydal.labels import LabelLog
 from raydal.loop import ActiveLoop
+from raydal.testing.faults import kill_at_env
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +81,7 @@ def test_driver_killed_in_any_phase_resumes_with_nothing_lost(
     cfg = small_config(fashion_mnist, run_dir)
     cfg_path = tmp_path / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster, "RAYDAL_FAULT_AT": phase}
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster, **kill_at_env(phase)}
     driver = subprocess.run([sys.executable, "-m", "raydal.cli", "run", str(cfg_path)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             timeout=400)

@@ -10,10 +10,11 @@ import math
 import pytest
 import torch
 
-from raydal import ModelSpec, load_checkpoint
+from raydal import ModelSpec, hooks, load_checkpoint
 from raydal.models import read_checkpoint_meta
 from raydal.oracle import SimulatedOracle
 from raydal.pool import Pool
+from raydal.testing.faults import worker_dies_once
 from raydal.train import TrainSettings, train_round
 
 
@@ -51,7 +52,7 @@ def test_train_round_with_two_workers(ray_cluster, fashion_mnist, tmp_path):
 @pytest.mark.integration
 @pytest.mark.timeout(300)
 def test_dead_training_worker_is_restarted_from_the_last_checkpoint(
-        ray_cluster, fashion_mnist, tmp_path, monkeypatch):
+        ray_cluster, fashion_mnist, tmp_path):
     pool = Pool(fashion_mnist / "pool.parquet").subsample(300, seed=0,
                                                           path=tmp_path / "pool.parquet")
     ids = sorted(i for chunk in pool.iter_ids() for i in chunk)[:64]
@@ -59,10 +60,9 @@ def test_dead_training_worker_is_restarted_from_the_last_checkpoint(
     spec = ModelSpec(name="test_resnet", num_classes=10, in_chans=1, img_size=32)
     settings = TrainSettings(epochs=3, batch_size=32, checkpoint_every=1, max_failures=1)
     marker = tmp_path / "worker-died"
-    monkeypatch.setenv("RAYDAL_FAULT_TRAIN_MARKER", str(marker))  # rank 0 dies after epoch 2
-
-    metrics = train_round(spec, pool, labels, str(fashion_mnist / "test.parquet"), settings,
-                          tmp_path / "ckpt", None, tmp_path / "ray_train", progress=False)
+    with hooks.registered(worker_dies_once(marker, epoch=2, rank=0)):
+        metrics = train_round(spec, pool, labels, str(fashion_mnist / "test.parquet"), settings,
+                              tmp_path / "ckpt", None, tmp_path / "ray_train", progress=False)
     assert marker.exists()  # the worker really died
     assert metrics["resumed_from_epoch"] == 1  # restarted from the epoch-1 checkpoint, not 0
     assert metrics["epoch"] == 3 and math.isfinite(metrics["train_loss"])

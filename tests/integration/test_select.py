@@ -10,7 +10,7 @@ from raydal.models import ModelSpec, create_model, save_checkpoint
 from raydal.pool import Pool
 from raydal.scoring import create_strategy
 from raydal.selection import iter_labeled_batches
-from raydal.transforms import decode_rows, to_model_input
+from raydal.transforms import InputSpec, decode_rows, to_model_input
 
 pytestmark = pytest.mark.integration
 SPEC = ModelSpec(name="test_resnet", num_classes=10, in_chans=1, img_size=32)
@@ -84,5 +84,24 @@ def test_select_explains_missing_inputs(ray_cluster, setup):
                       strategy_options={"ip_weight": 2.0})
     with pytest.raises(ValueError, match="budget must be a positive int, got 0"):
         raydal.select(pool, ckpt, "entropy", budget=0, progress=False)
-    with pytest.raises(ValueError, match="input_spec is required"):
-        raydal.select(pool, model, "entropy", budget=5, progress=False)
+
+
+def test_select_infers_the_input_spec_of_an_array_pool(ray_cluster, setup, tmp_path,
+                                                       random_images):
+    pool, model, _, _ = setup  # Pool.from_numpy of (300, 28, 28) uint8
+    got = raydal.select(pool, model, "entropy", budget=10, num_actors=1, batch_size=64,
+                        progress=False)
+    want = raydal.select(pool, model, "entropy", budget=10, num_actors=1, batch_size=64,
+                         input_spec=InputSpec(1, 28), progress=False)
+    assert got.ids == want.ids and np.array_equal(got.scores, want.scores)
+    assert got.num_scored == 300
+
+    # not known: a Parquet pool that does not record its images' shape, non-square arrays
+    plain = tmp_path / "plain.parquet"
+    pq.write_table(pq.read_table(pool.path).replace_schema_metadata(None), plain)
+    with pytest.raises(ValueError, match=r"input_spec is required .* does not record its "
+                                         r"images' shape .*pass input_spec=InputSpec"):
+        raydal.select(plain, model, "entropy", budget=5, progress=False)
+    wide = Pool.from_numpy(random_images(4, size=8)[:, :, :6], path=tmp_path / "wide.parquet")
+    with pytest.raises(ValueError, match="its images are 8x6 with 1 channels"):
+        raydal.select(wide, model, "entropy", budget=2, progress=False)

@@ -1,0 +1,85 @@
+"""A pool source that is not Parquet (an image folder read in place) plugs into select and
+train's decoding without touching them: it provides what raydal.pool's docstring lists."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import ray.cloudpickle
+from PIL import Image
+
+import raydal
+from raydal.models import ModelSpec, create_model
+from raydal.pool import Pool
+from raydal.train import decoded_dataset
+
+pytestmark = pytest.mark.integration
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
+
+
+class FolderPool(Pool):
+    """The PNG files under a local folder, read where they are (no Parquet file is written)."""
+
+    def __init__(self, folder: Path):
+        self.path, self.image_column, self._owned_dir = str(folder), "path", None
+        self._rows = sorted((p.relative_to(folder).as_posix(), str(p))
+                            for p in Path(folder).rglob("*.png"))
+
+    def to_dataset(self, columns=None, **read_args):
+        import ray.data
+        return ray.data.from_items([{"id": i, "path": p} for i, p in self._rows])
+
+    def take(self, ids):
+        wanted = set(map(str, ids))
+        rows = [r for r in self._rows if r[0] in wanted]
+        return pa.table({"id": pa.array([i for i, _ in rows], pa.string()),
+                         "path": pa.array([p for _, p in rows], pa.string())})
+
+    def iter_ids(self, batch_size: int = 65536):
+        yield [i for i, _ in self._rows]
+
+    def missing_ids(self, ids):
+        have = {i for i, _ in self._rows}
+        return sorted(set(map(str, ids)) - have)
+
+    def check_ids(self) -> int:
+        return len(self._rows)
+
+    @property
+    def num_rows(self) -> int:
+        return len(self._rows)
+
+    @property
+    def num_bytes(self) -> int:
+        return sum(Path(p).stat().st_size for _, p in self._rows)
+
+    @property
+    def image_shape(self):
+        return None
+
+
+@pytest.mark.timeout(300)
+def test_a_folder_source_selects_and_decodes_like_the_parquet_pool_of_the_same_files(
+        ray_cluster, tmp_path, random_images):
+    folder = tmp_path / "imgs"
+    for k, im in enumerate(random_images(120, size=16, seed=7)):
+        (folder / f"c{k % 3}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(im).save(folder / f"c{k % 3}" / f"{k:03d}.png")
+    custom = FolderPool(folder)
+    parquet = Pool.from_image_folder(folder, path=tmp_path / "pool.parquet")
+    spec = ModelSpec(name="test_resnet", num_classes=3, in_chans=1, img_size=16)
+    model = create_model(spec, seed=0).eval()
+    labels = {i: int(i[1]) for i in sorted(i for c in parquet.iter_ids() for i in c)[:12]}
+
+    picks = [raydal.select(p, model, "dynamicAL", budget=15, labeled=labels, num_actors=2,
+                           batch_size=32, input_spec=spec.input_spec, progress=False,
+                           strategy_options={"ip_weight": 2.0}) for p in (custom, parquet)]
+    assert picks[0].ids == picks[1].ids and np.array_equal(picks[0].scores, picks[1].scores)
+    assert picks[0].num_scored == 120 - len(labels)
+
+    rows = [sorted(decoded_dataset(p, spec.input_spec, labels).take_all(),
+                   key=lambda r: (r["label"], r["x"].tobytes())) for p in (custom, parquet)]
+    assert len(rows[0]) == len(labels)
+    for a, b in zip(*rows):
+        assert a["label"] == b["label"] and np.array_equal(a["x"], b["x"])

@@ -33,8 +33,10 @@ EXCLUDES = ["data/", "runs/", ".git/", "benchmarks/results/", ".pytest_cache/", 
             "*.egg-info/", ".venv/", "venv/"]
 _reason = unavailable_reason()
 if _reason is None and os.environ.get("RAYDAL_MULTINODE_TESTS") != "1":
-    # Written under heavy load and not yet seen passing end to end (issue 12 stays open): opt in
-    # until they are, so a red multi-node test cannot block every other change from landing.
+    # Not yet seen passing end to end (issue 12 stays open): on the shared 2-core machine (load
+    # 15-26) Ray 2.60's raylet aborts when its dashboard agent has not written its port files
+    # within a fixed ~15-20 s (not configurable in 2.60), so no cluster came up. Opt in until
+    # they pass, so a red multi-node test cannot block every other change from landing.
     _reason = "not yet verified end to end; set RAYDAL_MULTINODE_TESTS=1 to run them"
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(_reason is not None, reason=f"multi-node cluster: {_reason}")]
@@ -42,10 +44,10 @@ pytestmark = [pytest.mark.integration,
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """Head (0 CPUs) + 2 workers (2 logical CPUs each), pytest's temp root private to each."""
+    """Head (0 CPUs) + 2 workers (1 CPU each), pytest's temp root private to each."""
     private = (str(tmp_path_factory.getbasetemp()),)
     t0 = time.monotonic()
-    with LocalCluster(num_workers=2, worker_cpus=2, private=private) as c:
+    with LocalCluster(num_workers=2, worker_cpus=1, private=private) as c:
         print(f"multi-node cluster up in {time.monotonic() - t0:.1f} s")
         yield c
 
@@ -248,8 +250,10 @@ def test_worker_node_lost_mid_selection_gives_the_fault_free_picks(cluster, s3_d
                 buf = ""
     threading.Thread(target=follow, daemon=True).start()
     assert scored.wait(240), "".join(err)[-3000:]
-    victim = cluster.worker_running("ScoreBatches")
-    assert victim is not None, "no worker node hosts a scoring actor"
+    deadline = time.monotonic() + 60  # between blocks a scoring process is ray::IDLE
+    while (victim := cluster.worker_running("score_block")) is None:
+        assert time.monotonic() < deadline, "no worker node runs a scoring task"
+        time.sleep(0.05)
     cluster.kill_worker(victim)
     out, _ = proc.communicate(timeout=300)
     _replace_lost_worker(cluster, victim)

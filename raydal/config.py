@@ -4,6 +4,7 @@ Every error names the field, the bad value and what is expected, and arrives bef
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -11,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raydal.errors import ConfigError
-from raydal.fs import Where, check, resolve
+from raydal.fs import Where, check, redact, resolve
 from raydal.scoring.base import suggest
 
 
@@ -126,9 +127,65 @@ class LoopConfig(_Section):
     per_round: int = Field(100, ge=1, description="labels bought each round (the query size b)")
     rounds: int = Field(4, ge=0, description="selection rounds after the initial set")
     warm_start: bool = Field(True, description="start each round from the last weights")
-    oracle: Literal["simulated", "file"] = Field(
-        "simulated", description="simulated: ground truth from data.truth; file: export picks "
-        "to to_label/ and wait for `raydal import-labels`")
+    oracle: str = Field(
+        "simulated", description="a registered oracle (raydal.oracle): simulated (ground truth "
+        "from data.truth); file (export picks to to_label/ and wait for `raydal import-labels`); "
+        "labelstudio (tasks on a Label Studio server, see the labelstudio section)")
+
+    @field_validator("oracle")
+    @classmethod
+    def _known_oracle(cls, v: str) -> str:
+        from raydal.oracle import list_oracles
+        if v not in list_oracles():
+            raise ValueError(f"unknown oracle {v!r}; expected one of {list_oracles()}."
+                             + suggest(v, list_oracles()))
+        return v
+
+
+#: Keys that would put a Label Studio secret into the config file (refused by name).
+_SECRET_KEYS = ("api_key", "key", "token", "api_token", "access_token", "password")
+
+
+class LabelStudioConfig(_Section):
+    """Where ``loop.oracle: labelstudio`` creates its tasks. The API key is read only from the
+    environment variable named by ``api_key_env``, never from this file (which is copied into
+    the run directory and into tracking params)."""
+
+    url: str = Field(description="the server, e.g. http://127.0.0.1:8080")
+    project: int | str = Field(description="a project id, or a title (created with one Choices "
+                               "control over the data set's classes if absent)")
+    api_key_env: str = Field("LABEL_STUDIO_API_KEY", description="NAME of the environment "
+                             "variable that holds the API key (a legacy token or a personal "
+                             "access token)")
+    timeout_s: float = Field(60.0, gt=0, description="seconds per request to the server")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secret_here(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            bad = [k for k in data if str(k).lower() in _SECRET_KEYS]
+            if bad:
+                raise ValueError(f"key {bad[0]!r}: an API key is never read from the "
+                                 "config file (it is copied to the run directory and tracking "
+                                 "params); remove it and export it in the environment variable "
+                                 "named by labelstudio.api_key_env (default LABEL_STUDIO_API_KEY)")
+        return data
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"got {redact(v)!r}; expected the server's http(s):// address, "
+                             "e.g. http://127.0.0.1:8080")
+        return v.rstrip("/")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", v):  # a key pasted here is not echoed back
+            raise ValueError("expected the NAME of an environment variable (upper case letters, "
+                             "digits and _, e.g. LABEL_STUDIO_API_KEY), not the key itself")
+        return v
 
 
 class SelectionConfig(_Section):
@@ -190,6 +247,8 @@ class RunConfig(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    labelstudio: LabelStudioConfig | None = Field(
+        None, description="the Label Studio server of loop.oracle: labelstudio")
 
     _run_dir = field_validator("run_dir")(_location)
 
@@ -198,6 +257,10 @@ class RunConfig(_Section):
         if self.data.dataset is None and self.loop.oracle == "simulated" and not self.data.truth:
             raise ValueError("data.truth is missing: the simulated oracle needs ground truth "
                              "(id, label) Parquet; set data.truth or use loop.oracle: file")
+        if self.loop.oracle == "labelstudio" and self.labelstudio is None:
+            raise ValueError("labelstudio is missing: loop.oracle labelstudio needs a "
+                             "labelstudio section with url and project (README \"Label Studio "
+                             "workflow\")")
         return self
 
     def with_overrides(self, **kw: Any) -> "RunConfig":

@@ -42,6 +42,10 @@ class ResourceError(RaydalError, RuntimeError):
     """The cluster cannot (or did not in time) provide what actors or trainers request."""
 
 
+class OracleError(RaydalError, RuntimeError):
+    """An oracle that cannot be asked (a Label Studio server unreachable, a key not set)."""
+
+
 class RunDirError(RaydalError, RuntimeError):
     """A run directory that cannot be used as it is (corrupt records, a lost label file)."""
 

@@ -30,8 +30,8 @@ from raydal.fs import Location, Where, resolve
 from raydal.errors import RunDirError, RunDirLocked
 from raydal.labels import LabelLog, numbered_rounds
 from raydal.models import ModelSpec, checkpoint_exists, read_checkpoint_meta
-from raydal.oracle import (SimulatedOracle, export_for_labeling, parse_label_file, read_picks,
-                           to_label_paths, validate_against_picks)
+from raydal.oracle import (LabelRequest, Oracle, create_oracle, parse_label_file, read_picks,
+                           validate_against_picks)
 from raydal.pool import Pool
 from raydal.resources import ensure_schedulable, selection_demand, training_demand
 from raydal.scoring.base import create_strategy
@@ -51,14 +51,6 @@ class RunData:
     test: str
     num_classes: int
     classes: list[str] | None = None
-
-
-class AwaitingLabels(Exception):
-    """The loop stops: round ``round`` was exported for people to label."""
-
-    def __init__(self, round_: int, csv_path: Location):
-        super().__init__(f"round {round_}: picks exported to {csv_path}")
-        self.round, self.csv_path = round_, csv_path
 
 
 class ActiveLoop:
@@ -91,20 +83,16 @@ class ActiveLoop:
             cfg = self.config
             self.tracking = self._open_tracking()
             try:
-                self._select_and_label(0, data, model=None)
+                oracle = create_oracle(cfg, data.truth)
+                if not self._select_and_label(0, data, None, oracle):
+                    return self.metrics()  # round 0 awaits labels
                 for r in range(cfg.loop.rounds + 1):
                     self._train(r, data)
                     self._write_metrics()
                     self._track(r, data)
-                    if r < cfg.loop.rounds:
-                        self._select_and_label(r + 1, data, model=self.checkpoint_path(r))
-            except AwaitingLabels as wait:
-                self._set_state(wait.round, "awaiting_labels")
-                print(f"round {wait.round}: {cfg.loop.per_round if wait.round else cfg.loop.initial}"
-                      f" picks to label in {wait.csv_path} (fill its label column, or import a "
-                      f"Label Studio export), then run `raydal import-labels {self.run_dir} FILE` "
-                      "and this command again", flush=True)
-                return self.metrics()
+                    if r < cfg.loop.rounds and not self._select_and_label(
+                            r + 1, data, self.checkpoint_path(r), oracle):
+                        return self.metrics()  # round r + 1 awaits labels
             finally:
                 if self.tracking is not None:
                     self.tracking.close()
@@ -264,10 +252,13 @@ class ActiveLoop:
             "round": r, "phase": phase, "num_labeled": len(self.labels.labels()),
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
-    def _select_and_label(self, r: int, data: RunData, model: Location | None) -> None:
+    def _select_and_label(self, r: int, data: RunData, model: Location | None,
+                          oracle: Oracle) -> bool:
+        """Select round r's picks (once) and ask ``oracle`` for their labels; False while the
+        round awaits labels (nothing written but the state)."""
         from raydal.selection import select
         if self.labels.has_round(r):
-            return
+            return True
         cfg = self.config
         sel_path = self.selection_path(r)
         if not sel_path.exists():
@@ -294,20 +285,22 @@ class ActiveLoop:
             atomic_write_parquet(sel_path, sel.to_table())  # the commit point of a selection
             hooks.point(f"selected-{r}")
         self._set_state(r, "label")
-        if cfg.loop.oracle == "file":
-            csv_path = to_label_paths(self.run_dir, r)["csv"]
-            if not csv_path.exists():
-                export_for_labeling(self.run_dir, r, read_table(sel_path), data.pool,
-                                    data.classes)
-            raise AwaitingLabels(r, csv_path)
-        ids = read_picks(sel_path)
         t0 = time.perf_counter()
-        answers = SimulatedOracle(data.truth).label(ids)
+        request = LabelRequest(r, read_table(sel_path), data.pool, data.classes,
+                               data.num_classes, self.run_dir)
+        answer = oracle.ask(request)
+        if answer.labels is None:
+            self._set_state(r, "awaiting_labels")
+            print(answer.message, flush=True)
+            return False
+        validate_against_picks(answer.labels, request.picks, r)
         hooks.point(f"label-{r}")  # answers bought, not yet written
-        self.labels.append(r, answers, source="simulated", num_classes=data.num_classes)
+        self.labels.append(r, answer.labels, source=answer.source,
+                           num_classes=data.num_classes)
         meta = read_json(sel_path.with_suffix(".json"), {})
         meta["label_seconds"] = time.perf_counter() - t0
         atomic_write_json(sel_path.with_suffix(".json"), meta)
+        return True
 
     def _train(self, r: int, data: RunData) -> None:
         from raydal.train import train_round

@@ -1,18 +1,26 @@
-"""Oracles answer "what is the label of these ids?".
+"""Oracles answer "what is the label of these ids?": a protocol, a registry and two oracles.
 
-SimulatedOracle reads held-out ground truth (kept apart from the pool): benchmarks, quickstart.
-The ``file`` oracle is for real labeling: each round's picks are exported for people
-(``to_label/round-NNNN.csv`` + a Label Studio tasks JSON + the images), and their answers come
-back through ``raydal import-labels RUN_DIR FILE`` (CSV or a Label Studio JSON export), validated
-against the round's picks before one atomic append to the label log.
+The loop asks the configured oracle (``loop.oracle``) for a round's picks once per run; the
+oracle answers with every label (the loop appends them in one atomic write) or "not yet" (the
+loop records the round as awaiting labels, prints the oracle's message and stops; the next
+``raydal run`` asks again). Register another with ``@register_oracle("name")``.
+
+- ``simulated``: held-out ground truth (kept apart from the pool): benchmarks, quickstart.
+- ``file``: real labeling through files. Each round's picks are exported for people
+  (``to_label/round-NNNN.csv`` + a Label Studio tasks JSON + the images), and their answers come
+  back through ``raydal import-labels RUN_DIR FILE`` (CSV or a Label Studio JSON export),
+  validated against the round's picks before one atomic append to the label log.
+- ``labelstudio``: a live Label Studio server (``raydal.labelstudio``).
 """
 from __future__ import annotations
 
+import abc
 import csv
 import io
 import json
 import re
-from typing import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, ClassVar, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,17 +29,106 @@ import pyarrow.dataset as pads
 from raydal.fs import Location, Where, resolve
 from raydal.labels import LabelError, csv_label_rows
 from raydal.pool import Pool
+from raydal.scoring.base import suggest
 from raydal.storage import atomic_write_bytes, atomic_write_json, read_table
 
+if TYPE_CHECKING:
+    from raydal.config import RunConfig
 
-class SimulatedOracle:
+
+@dataclass(frozen=True)
+class LabelRequest:
+    """One round's picks, as the loop asks an oracle for their labels.
+
+    selection: the round's selection table (id, score, rank), picks in rank order.
+    """
+
+    round: int
+    selection: pa.Table
+    pool: Pool
+    classes: list[str] | None
+    num_classes: int
+    run_dir: Location
+
+    @property
+    def picks(self) -> list[str]:
+        return [str(i) for i in self.selection.column("id").to_pylist()]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An oracle's reply: ``labels`` (id -> class index) for every pick, or None ("not yet",
+    with ``message`` telling the user what to do)."""
+
+    labels: dict[str, int] | None
+    source: str = ""
+    message: str = ""
+
+
+class Oracle(abc.ABC):
+    """Answers a round's picks. Subclasses register with ``@register_oracle(name)``."""
+
+    name: ClassVar[str]
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, config: "RunConfig", truth: str | None) -> "Oracle":
+        """The oracle a run's config asks for (``truth``: the data's ground-truth Parquet)."""
+
+    @abc.abstractmethod
+    def ask(self, request: LabelRequest) -> Answer:
+        """Every pick's label, or ``Answer(None, message=...)`` while some are missing.
+
+        Called again on every run until it answers, so it must not redo work it has done
+        (e.g. create tasks twice)."""
+
+
+_REGISTRY: dict[str, type[Oracle]] = {}
+
+
+def register_oracle(name: str) -> Callable[[type[Oracle]], type[Oracle]]:
+    """Class decorator: make the oracle available as ``loop.oracle: name``."""
+    def register(cls: type[Oracle]) -> type[Oracle]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"oracle {name!r} is already registered by {_REGISTRY[name]}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+    return register
+
+
+def list_oracles() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def create_oracle(config: "RunConfig", truth: str | None) -> Oracle:
+    """The oracle named by ``config.loop.oracle``; ValueError with a hint for unknown names."""
+    name = config.loop.oracle
+    if name not in list_oracles():
+        raise ValueError(f"unknown oracle {name!r}; expected one of {list_oracles()}."
+                         + suggest(name, list_oracles()))
+    return _REGISTRY[name].from_config(config, truth)
+
+
+def _load_builtin() -> None:
+    import raydal.labelstudio  # noqa: F401  (registers "labelstudio"; the SDK loads lazily)
+
+
+@register_oracle("simulated")
+class SimulatedOracle(Oracle):
     """Ground truth from a Parquet file of (id, label), local or at a URI."""
-
-    name = "simulated"
 
     def __init__(self, truth_path: Where):
         self.truth_path = str(truth_path)
         self.location = resolve(truth_path)
+
+    @classmethod
+    def from_config(cls, config: "RunConfig", truth: str | None) -> "SimulatedOracle":
+        return cls(truth)
+
+    def ask(self, request: LabelRequest) -> Answer:
+        return Answer(self.label(request.picks), source="simulated")
 
     def label(self, ids: Sequence[str]) -> dict[str, int]:
         t = pads.dataset(self.location.path, filesystem=self.location.fs,
@@ -44,6 +141,27 @@ class SimulatedOracle:
             raise KeyError(f"{len(missing)} ids have no ground truth in {self.truth_path} "
                            f"(e.g. {missing[0]!r})")
         return {i: int(found[i]) for i in ids}
+
+
+@register_oracle("file")
+class FileOracle(Oracle):
+    """Exports the picks once; the answers arrive through ``raydal import-labels``, which
+    appends them itself, so this oracle only ever answers "not yet"."""
+
+    @classmethod
+    def from_config(cls, config: "RunConfig", truth: str | None) -> "FileOracle":
+        return cls()
+
+    def ask(self, request: LabelRequest) -> Answer:
+        r = request.round
+        csv_path = to_label_paths(request.run_dir, r)["csv"]
+        if not csv_path.exists():
+            export_for_labeling(request.run_dir, r, request.selection, request.pool,
+                                request.classes)
+        return Answer(None, message=(
+            f"round {r}: {request.selection.num_rows} picks to label in {csv_path} (fill its "
+            "label column, or import a Label Studio export), then run `raydal import-labels "
+            f"{request.run_dir} FILE` and this command again"))
 
 
 # ---- the file oracle: export picks, import answers --------------------------------------------
@@ -88,7 +206,7 @@ def export_for_labeling(run_dir: Location, r: int, selection: pa.Table, pool: Po
     return atomic_write_bytes(paths["csv"], buf.getvalue().encode())
 
 
-def _class_index(value, classes: list[str] | None, num_classes: int, where: str) -> int:
+def class_index(value, classes: list[str] | None, num_classes: int, where: str) -> int:
     if isinstance(value, str):
         v = value.strip()
         if classes and v in classes:
@@ -105,6 +223,20 @@ def _class_index(value, classes: list[str] | None, num_classes: int, where: str)
     if not 0 <= value < num_classes:
         raise LabelError(f"{where}: class {value} is out of range [0, {num_classes})")
     return value
+
+
+def annotated_choice(annotations, where: str):
+    """The last choice of a Label Studio task's annotations (cancelled ones skipped), or None
+    when no annotation has one. ``annotations``: the task's ``annotations`` list as Label
+    Studio exports and serves it."""
+    try:
+        answers = [a for a in annotations or [] if not a.get("was_cancelled")]
+        choices = [c for a in answers for res in a.get("result") or []
+                   for c in (res.get("value") or {}).get("choices") or []]
+    except (AttributeError, TypeError):  # a hand-made file of another shape
+        raise LabelError(f"{where}: annotations are not in Label Studio's export format "
+                         "(annotations[].result[].value.choices)") from None
+    return choices[-1] if choices else None
 
 
 def parse_label_file(path: Where, classes: list[str] | None, num_classes: int
@@ -128,17 +260,10 @@ def parse_label_file(path: Where, classes: list[str] | None, num_classes: int
             id_ = data.get("id") if isinstance(data, dict) else None
             if id_ is None:
                 raise LabelError(f"{where}: no data.id (export the tasks raydal wrote)")
-            try:
-                answers = [a for a in task.get("annotations") or []
-                           if not a.get("was_cancelled")]
-                choices = [c for a in answers for res in a.get("result") or []
-                           for c in (res.get("value") or {}).get("choices") or []]
-            except (AttributeError, TypeError):  # a hand-made file of another shape
-                raise LabelError(f"{where} (id {id_!r}): annotations are not in Label Studio's "
-                                 "export format (annotations[].result[].value.choices)") from None
-            if not choices:
+            choice = annotated_choice(task.get("annotations"), f"{where} (id {id_!r})")
+            if choice is None:
                 raise LabelError(f"{where} (id {id_!r}): no annotation with a choice")
-            pairs.append((str(id_), choices[-1], where))
+            pairs.append((str(id_), choice, where))
     else:
         pairs = csv_label_rows(path)
     labels: dict[str, int] = {}
@@ -147,7 +272,7 @@ def parse_label_file(path: Where, classes: list[str] | None, num_classes: int
             raise LabelError(f"{where}: id {id_!r} has an empty label")
         if id_ in labels:
             raise LabelError(f"{where}: id {id_!r} appears twice; give each id one label")
-        labels[id_] = _class_index(raw, classes, num_classes, where)
+        labels[id_] = class_index(raw, classes, num_classes, where)
     return labels
 
 

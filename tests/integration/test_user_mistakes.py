@@ -156,6 +156,8 @@ def test_every_error_class_reaches_the_cli_as_one_line(ray_cluster, data, tmp_pa
         "SelectionError": ["run", cfg_file("s", pool="garbage.parquet")],
         "ResourceError": ["run", cfg_file("r", selection={"num_actors": 64})],
         "RunDirError": ["status", str(tmp_path)],
+        "OracleError": ["run", cfg_file("o", loop={"oracle": "labelstudio"}, labelstudio={
+            "url": "http://127.0.0.1:9", "project": 1, "api_key_env": "RAYDAL_UNSET_KEY"})],
         "LabelError": ["import-labels", str(tmp_path / "l"), str(tmp_path / "none.csv")],
         "RunDirLocked": ["import-labels", str(tmp_path / "l"), str(tmp_path / "none.csv")],
         "ClusterUnreachable": None,  # needs a dead address: tests/integration/test_connect.py

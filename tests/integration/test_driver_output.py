@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 CONSTRUCTOR_ARGS = re.compile(r"constructor arguments in the object store and max_restarts > 0")
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_a_selection_prints_no_ray_error_lines(ray_cluster, tmp_path, random_images):
     pool = Pool.from_numpy(random_images(240, seed=5), path=tmp_path / "pool.parquet")
     spec = ModelSpec(name="test_resnet", num_classes=10, in_chans=1, img_size=28)
@@ -28,12 +28,11 @@ def test_a_selection_prints_no_ray_error_lines(ray_cluster, tmp_path, random_ima
     labels = {f"{i:08d}": i % 10 for i in range(0, 240, 24)}
     code = (f"import ray, raydal\n"
             f"ray.init(address={ray_cluster!r})\n"
-            f"sel = raydal.select({pool.path!r}, {str(ckpt)!r}, 'dynamicAL', budget=12, "
-            f"labeled={labels!r}, num_actors=2, batch_size=64, progress=False, "
-            f"strategy_options={{'ip_weight': 2.0}})\n"
+            f"sel = raydal.select({pool.path!r}, {str(ckpt)!r}, 'entropy', budget=12, "
+            f"labeled={labels!r}, num_actors=2, batch_size=64, progress=False)\n"
             f"print('picked', len(sel.ids), flush=True)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=280, env={**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
+                         timeout=540, env={**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-3000:]
     assert "picked 12" in out.stdout

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -59,11 +60,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def port_args() -> list[str]:
+#: Ray's name of each agent port (its port file) -> the ``ray start`` flag that sets it.
+AGENT_PORT_FLAGS = {"dashboard_agent_listen_port": "--dashboard-agent-listen-port",
+                    "metrics_agent_port": "--dashboard-agent-grpc-port",
+                    "runtime_env_agent_port": "--runtime-env-agent-port",
+                    "metrics_export_port": "--metrics-export-port"}
+
+
+def agent_ports() -> dict[str, int]:
     """Distinct ports for one node's agents (nodes on one IP must not share them)."""
-    return [f"--dashboard-agent-listen-port={free_port()}",
-            f"--dashboard-agent-grpc-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
+    return {name: free_port() for name in AGENT_PORT_FLAGS}
+
+
+def port_args(ports: dict[str, int]) -> list[str]:
+    return [f"{AGENT_PORT_FLAGS[name]}={port}" for name, port in ports.items()]
 
 
 #: Niceness of a node while it starts (root only; 0 again once it runs). The raylet aborts
@@ -132,6 +142,7 @@ class Node:
     namespace: str | None = None  # mount namespace of a worker node
     log: Path | None = None
     started: float = field(default_factory=time.time)
+    ports: dict = field(default_factory=dict)  # agent_ports() given to its ``ray start``
 
     def processes(self) -> list[int]:
         """Every live process of this node (leader, process group, descendants, namespace)."""
@@ -148,15 +159,40 @@ class Node:
                 stack += kids.get(pid, [])
         return sorted(p for p in found if _alive(p))
 
-    def raylet_abort(self) -> str | None:
-        """The raylet's fatal line (e.g. its agents missed Ray's fixed port-file wait), or None.
-        A worker's log lies in its own mount namespace: read through /proc/PID/root."""
+    def _sessions(self) -> list[Path]:
+        """Session folders this start made (a head started again reuses its temp dir). A
+        worker's lie in its own mount namespace: reached through /proc/PID/root."""
         root = f"/proc/{self.proc.pid}/root" if self.namespace else ""
-        for out in Path(f"{root}{self.temp_dir}").glob("session_*/logs/raylet.out"):
-            try:  # a session this start made (a head started again reuses its temp dir)
-                if out.stat().st_mtime < self.started:
-                    continue
-                text = out.read_bytes().decode(errors="replace")
+        out = []
+        for d in Path(f"{root}{self.temp_dir}").glob("session_2*"):
+            try:
+                if d.stat().st_mtime >= self.started:
+                    out.append(d)
+            except OSError:
+                continue
+        return out
+
+    def write_agent_ports(self) -> None:
+        """Write the port files the raylet waits for, with the ports its agents were given.
+        Ray 2.60's raylet aborts when its agents have not written them within a fixed ~15 s
+        (no setting raises it), which agents importing on a busy machine miss; the agents
+        bind those same ports when they are up."""
+        from ray._raylet import persist_port
+        for session in self._sessions():
+            try:
+                text = (session / "logs" / "raylet.out").read_text(errors="replace")
+            except OSError:
+                continue
+            if m := re.search(r"Setting node ID node_id=([0-9a-f]{56})", text):
+                for name, port in self.ports.items():
+                    if not (session / f"{name}_{m[1]}").exists():
+                        persist_port(str(session), m[1], name, port)
+
+    def raylet_abort(self) -> str | None:
+        """The raylet's fatal line (e.g. its agents missed Ray's fixed port-file wait), or None."""
+        for session in self._sessions():
+            try:
+                text = (session / "logs" / "raylet.out").read_bytes().decode(errors="replace")
             except OSError:
                 continue
             if "Check failed" in text:
@@ -230,14 +266,15 @@ class LocalCluster:
         self.base = tempfile.mkdtemp(prefix="rdmn-", dir="/tmp")
         self.port, self.dashboard_port = free_port(), free_port()
         temp = f"{self.base}/ray"  # Ray's default temp dir for RAY_TMPDIR=base
+        ports = agent_ports()
         cmd = [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1",
                f"--port={self.port}", f"--num-cpus={self.head_cpus}", "--num-gpus=0",
                "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
                f"--ray-client-server-port={free_port()}", f"--temp-dir={temp}",
-               "--disable-usage-stats", *port_args()]
+               "--disable-usage-stats", *port_args(ports)]
         try:
             for attempt in range(3):  # see add_worker
-                self.head = self._spawn("head", cmd, temp, namespace=False)
+                self.head = self._spawn("head", cmd, temp, ports, namespace=False)
                 try:
                     self._wait_started(self.head, timeout_s)
                     break
@@ -268,24 +305,25 @@ class LocalCluster:
         raise AssertionError("unreachable")
 
     def _start_worker(self, name: str, num_cpus: int | None, resources: dict | None) -> Node:
-        temp = f"{self.base}/{name}"
+        temp, ports = f"{self.base}/{name}", agent_ports()
         ray_cmd = [RAY, "start", "--block", f"--address={self.address}",
                    "--node-ip-address=127.0.0.1",
                    f"--num-cpus={self.worker_cpus if num_cpus is None else num_cpus}",
                    "--num-gpus=0", f"--temp-dir={temp}", "--disable-usage-stats",
                    f"--resources={json.dumps({**self.worker_resources, **(resources or {})})}",
                    f"--object-manager-port={free_port()}", f"--node-manager-port={free_port()}",
-                   *port_args()]
+                   *port_args(ports)]
         hide = [self.base, *map(str, self.private)]
         script = "set -e; " + "; ".join(
             f"mkdir -p {shlex.quote(p)}; mount -t tmpfs tmpfs {shlex.quote(p)}" for p in hide)
         script += f"; mkdir -p {shlex.quote(temp)}; exec {shlex.join(ray_cmd)}"
         cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
-        node = self._spawn(name, cmd, temp, namespace=True)
+        node = self._spawn(name, cmd, temp, ports, namespace=True)
         self.workers[name] = node
         return node
 
-    def _spawn(self, name: str, cmd: list[str], temp: str, namespace: bool) -> Node:
+    def _spawn(self, name: str, cmd: list[str], temp: str, ports: dict[str, int],
+               namespace: bool) -> Node:
         log = Path(self.base) / f"{name}.log"
         proc = subprocess.Popen(cmd, env=self.node_env(), stdout=log.open("wb"),
                                 stderr=subprocess.STDOUT, start_new_session=True,
@@ -305,7 +343,7 @@ class LocalCluster:
             if not ns or ns == own:
                 raise RuntimeError(f"{name}: unshare did not enter a new mount namespace; "
                                    f"log: {log.read_text()[-2000:]}")
-        return Node(name, proc, temp, ns, log)
+        return Node(name, proc, temp, ns, log, ports=ports)
 
     def alive_nodes(self) -> list[dict]:
         """Ray's view of the live nodes, asked from a separate process (this one may already
@@ -325,6 +363,7 @@ class LocalCluster:
         ``RAY_raylet_start_wait_time_s``), TimeoutError after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            node.write_agent_ports()
             if crash := node.raylet_abort():
                 raise RuntimeError(f"{node.name}: its raylet aborted while starting: {crash}")
             if b"Ray runtime started" in node.log.read_bytes():

@@ -75,7 +75,8 @@ def test_a_folder_source_selects_and_decodes_like_the_parquet_pool_of_the_same_f
     picks = [raydal.select(p, model, "dynamicAL", budget=15, labeled=labels, num_actors=2,
                            batch_size=32, input_spec=spec.input_spec, progress=False,
                            strategy_options={"ip_weight": 2.0}) for p in (custom, parquet)]
-    assert picks[0].ids == picks[1].ids and np.array_equal(picks[0].scores, picks[1].scores)
+    assert picks[0].ids == picks[1].ids  # scores: float32 sums over other batch splits
+    np.testing.assert_allclose(picks[0].scores, picks[1].scores, rtol=1e-5)
     assert picks[0].num_scored == 120 - len(labels)
 
     rows = [sorted(decoded_dataset(p, spec.input_spec, labels).take_all(),

@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[2]
 SERVER = Path(os.environ.get("RAYDAL_LABEL_STUDIO", REPO / ".ls-venv" / "bin" / "label-studio"))
 KEY_ENV = "RAYDAL_TEST_LABEL_STUDIO_KEY"
 CLASSES = ["cat", "dog", "bird"]
-pytestmark = pytest.mark.integration
+# Label Studio migrates a fresh SQLite database at start: ~9 min at load 10-22 on 2 cores
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 
 
 @pytest.fixture(scope="module")

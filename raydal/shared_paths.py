@@ -78,8 +78,9 @@ def check_shared(inputs: dict[str, Where | None] | None = None,
         else:
             probes[name] = (loc.path, None)
     try:
-        task = ray.remote(_missing).options(num_cpus=0, max_retries=0)
+        task = ray.remote(_missing)  # .options() returns a wrapper with no .options()
         refs = {n["NodeManagerAddress"] + " " + n["NodeID"][:8]: task.options(
+            num_cpus=0, max_retries=0,
             scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
         ).remote(probes) for n in nodes}
         answers = dict(zip(refs, ray.get(list(refs.values()), timeout=PROBE_TIMEOUT_S)))

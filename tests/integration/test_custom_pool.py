@@ -59,7 +59,7 @@ class FolderPool(Pool):
         return None
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_a_folder_source_selects_and_decodes_like_the_parquet_pool_of_the_same_files(
         ray_cluster, tmp_path, random_images):
     folder = tmp_path / "imgs"

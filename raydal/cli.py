@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     """Exit status: 0 done, 2 a user error (one line on stderr), 130 interrupted (Ctrl-C),
     143 terminated (SIGTERM). Anything else is a bug in raydal and keeps its traceback."""
     import logging
+    import os
     import signal
     from raydal.errors import one_line
 
@@ -163,7 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         try:
-            return args.fn(args)
+            rc = args.fn(args)
+            if rc < 0:  # a supervised driver died of signal -rc: so does this process, so
+                if -rc not in (signal.SIGKILL, signal.SIGSTOP):  # callers see what they would
+                    signal.signal(-rc, signal.SIG_DFL)  # without the supervisor
+                os.kill(os.getpid(), -rc)
+            return rc
         except SystemExit as e:  # Ray's own SIGTERM handler, while ray.init runs
             if e.code != signal.SIGTERM:
                 raise

@@ -173,7 +173,7 @@ def supervise(command: list[str], address: str) -> int:
             signal.signal(signal.SIGTERM, previous[0])
             signal.signal(signal.SIGINT, previous[1])
     hp = _host_port(address)
-    if rc in (0, 2, 130, 143, HEAD_LOST_EXIT) or hp is None or port_open(*hp):
-        return rc
+    if rc < 0 or rc in (0, 2, 130, 143, HEAD_LOST_EXIT) or hp is None or port_open(*hp):
+        return rc  # negative: killed by a signal, which Ray's exit on a lost raylet is not
     print(_head_lost_message(address), file=sys.stderr, flush=True)
     return HEAD_LOST_EXIT

@@ -76,3 +76,26 @@ def _state(pid: int) -> str:
         return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "Z"
+
+
+def test_raydal_run_dies_of_its_supervised_drivers_signal(closed_port, tmp_path):
+    """`raydal run` joined to a head: a driver killed by SIGKILL makes the command itself end
+    by SIGKILL (status -9 to a caller), not exit with a status number."""
+    import os
+    import subprocess
+    import yaml
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({"name": "t", "run_dir": str(tmp_path / "run"),
+                                   "ray": {"address": closed_port},
+                                   "data": {"pool": str(tmp_path / "pool.parquet"),
+                                            "test": str(tmp_path / "test.parquet"),
+                                            "truth": str(tmp_path / "truth.parquet"),
+                                            "num_classes": 2}}))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "PYTHONSTARTUP": ""}
+    # the child (the real driver) kills itself before doing anything: sitecustomize runs first
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os, signal\n"
+        f"if os.environ.get({SUPERVISED_ENV!r}):\n    os.kill(os.getpid(), signal.SIGKILL)\n")
+    run = subprocess.run([sys.executable, "-m", "raydal.cli", "run", str(cfg)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == -9, run.stderr[-2000:]

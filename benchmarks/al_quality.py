@@ -497,6 +497,7 @@ def main(argv=None) -> dict:
         merged = {**parts[0], "runs": [x for part in parts for x in part["runs"]],
                   "seconds": sum(x["seconds"] for x in parts)}
         if len(parts) > 1:
+            out.parent.mkdir(parents=True, exist_ok=True)
             write_json(out, merged)
         print(render(merged, out))
         return merged

@@ -144,9 +144,11 @@ def _head_lost_message(address: str) -> str:
             "`ray.address: local`) and rerun the same command to resume")
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL it when its parent dies (Linux), so a killed
+def _child_setup() -> None:
+    """In the child, before exec: its own process group (a terminal's Ctrl-C reaches only the
+    supervisor, which passes it on once), and SIGKILL when its parent dies (Linux), so a killed
     supervisor never leaves its driver running, holding the run directory."""
+    os.setpgid(0, 0)
     if sys.platform.startswith("linux"):
         import ctypes
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -158,20 +160,20 @@ def supervise(command: list[str], address: str) -> int:
 
     A driver on the head's own machine is ended by Ray itself (status 1, nothing on stderr) the
     moment its local raylet dies, before ``watch_head`` can act; only a parent process outlives
-    it to say why. SIGTERM is passed on to the child; Ctrl-C reaches it through the terminal.
+    it to say why. SIGINT and SIGTERM are passed on to the child.
     """
     child = subprocess.Popen(command, env={**os.environ, SUPERVISED_ENV: "1"},
-                             preexec_fn=_die_with_parent)
+                             preexec_fn=_child_setup)
     main = threading.current_thread() is threading.main_thread()
     if main:
-        previous = (signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM)),
-                    signal.signal(signal.SIGINT, signal.SIG_IGN))
+        previous = {s: signal.signal(s, lambda signum, _: child.send_signal(signum))
+                    for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         rc = child.wait()
     finally:
         if main:
-            signal.signal(signal.SIGTERM, previous[0])
-            signal.signal(signal.SIGINT, previous[1])
+            for s, handler in previous.items():
+                signal.signal(s, handler)
     hp = _host_port(address)
     if rc < 0 or rc in (0, 2, 130, 143, HEAD_LOST_EXIT) or hp is None or port_open(*hp):
         return rc  # negative: killed by a signal, which Ray's exit on a lost raylet is not

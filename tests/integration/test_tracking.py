@@ -1,63 +1,32 @@
 """Tracking a loop in a real MLflow server on 127.0.0.1 (started and stopped here) and in
 TensorBoard event files, read back through the MLflow client and the event records."""
 import json
-import os
-import signal
-import socket
 import struct
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from raydal.config import parse_config
 from raydal.loop import ActiveLoop
+from raydal.testing.servers import free_port, local_server
 
 pytestmark = pytest.mark.integration
 mlflow = pytest.importorskip("mlflow", reason="pip install -e '.[tracking]'")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """``mlflow server`` in its own process group; yields its URI; stops exactly that group."""
     root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
+    port = free_port()
     cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
            "--port", str(port), "--workers", "1",
            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
            "--default-artifact-root", str(root / "artifacts")]
-    log = open(root / "server.log", "wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300  # a loaded 2-core machine: minutes
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not start:\n{(root / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
+    with local_server(cmd, f"{uri}/health", root / "server.log"):  # minutes on a loaded machine
         yield uri
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 def tensorboard_scalars(folder: Path) -> dict[str, dict[int, float]]:

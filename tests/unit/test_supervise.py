@@ -99,3 +99,31 @@ def test_raydal_run_dies_of_its_supervised_drivers_signal(closed_port, tmp_path)
     run = subprocess.run([sys.executable, "-m", "raydal.cli", "run", str(cfg)], env=env,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == -9, run.stderr[-2000:]
+
+
+@pytest.mark.parametrize("sig, code", [(2, 130), (15, 143)])
+def test_sigint_and_sigterm_reach_the_driver_once(open_port, tmp_path, sig, code):
+    """A signal sent to the supervisor's pid alone (as a job runner or a test sends it) reaches
+    the driver, whose own handler decides the status."""
+    import os
+    import subprocess
+    import time
+    ready = tmp_path / "ready"
+    child_code = ("import signal, sys, time, pathlib\n"
+                  "hits = []\n"
+                  "signal.signal(signal.SIGTERM, lambda *_: hits.append(1))\n"
+                  "signal.signal(signal.SIGINT, lambda *_: hits.append(1))\n"
+                  f"pathlib.Path({str(ready)!r}).touch()\n"
+                  "while not hits: time.sleep(0.01)\n"
+                  "time.sleep(0.5)\n"
+                  f"sys.exit({code} if len(hits) == 1 else 99)\n")
+    parent = subprocess.Popen([sys.executable, "-c",
+                               "import sys; from raydal.connect import supervise; "
+                               f"sys.exit(supervise([sys.executable, '-c', {child_code!r}], "
+                               f"{open_port!r}))"])
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        assert time.monotonic() < deadline and parent.poll() is None
+        time.sleep(0.05)
+    os.kill(parent.pid, sig)
+    assert parent.wait(timeout=60) == code

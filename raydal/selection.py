@@ -328,9 +328,13 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
     job = ScoringJob(uuid.uuid4().hex, source, pool, strategy, [context_ref],
                      [ray.put(frozenset(labels))], budget, batch_size, num_gpus_per_actor,
                      int(max(1, num_cpus_per_actor)))
+    # a block a call; Ray Data wants an explicit batch size for GPU tasks: about a block's rows
+    rows = (None if not num_gpus_per_actor
+            else max(batch_size, -(-pool.num_rows // (32 * num_actors))))
     scores_ds = ds.map_batches(
-        score_block, fn_kwargs=dict(job=job), batch_size=None, batch_format="numpy",
-        concurrency=num_actors, num_gpus=num_gpus_per_actor, num_cpus=num_cpus_per_actor,
+        score_block, fn_kwargs=dict(job=job), batch_size=rows, batch_format="numpy",
+        compute=ray.data.TaskPoolStrategy(size=num_actors), num_gpus=num_gpus_per_actor,
+        num_cpus=num_cpus_per_actor,
         # Ray ends a GPU task's worker after each call by default (max_calls 1): keep it, or
         # every block would reload the model
         max_calls=0)

@@ -1,6 +1,7 @@
 """A Ray cluster on this machine that behaves like a cloud cluster: no shared filesystem.
 
     sudo python -m raydal.testing.cluster --workers 2 --private /tmp/data   # Ctrl-C stops it
+    python -m raydal.testing.cluster --workers 0 --autoscale-from cluster.yaml  # GPU group from 0
 
 The head (``ray start --head``, 0 CPUs by default, as ``cluster.yaml``'s head) runs in this
 machine's mount namespace, so drivers started here run "on the head". Each worker node runs in
@@ -74,6 +75,63 @@ def agent_ports() -> dict[str, int]:
 
 def port_args(ports: dict[str, int]) -> list[str]:
     return [f"{AGENT_PORT_FLAGS[name]}={port}" for name, port in ports.items()]
+
+
+#: The node type Ray's fake provider gives the head (``FAKE_HEAD_NODE_TYPE``).
+FAKE_HEAD_TYPE = "ray.head.default"
+#: Environment of a head whose monitor runs the fake provider (Ray's AutoscalingCluster sets
+#: the same): it launches worker nodes as local processes, and looks every second.
+FAKE_AUTOSCALER_ENV = {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+
+
+def fake_autoscaling_config(cluster_yaml: str | Path, worker_cpus: float | None = None,
+                            idle_timeout_minutes: float | None = None,
+                            max_workers: int | None = None) -> dict:
+    """An autoscaler config for Ray's fake multi-node provider made from ``cluster_yaml``'s
+    ``available_node_types``: the same worker types, resources (GPUs become fake resources:
+    Ray schedules on them, torch finds no device), ``min_workers`` and ``max_workers``; the
+    head keeps its own resources. ``worker_cpus`` caps each worker type's CPUs (a laptop
+    cannot back 8 per node), ``idle_timeout_minutes`` and ``max_workers`` override the file's.
+
+    Ray's own ``ray.cluster_utils.AutoscalingCluster`` builds the same kind of config but
+    starts and stops it with ``ray stop --force`` (every Ray on the machine) and reads an
+    example file the 2.60 wheel does not ship, so ``LocalCluster(autoscaling=...)`` starts it.
+    The provider's ``gcs_address`` is filled in when the head starts.
+    """
+    import yaml
+    src = yaml.safe_load(Path(cluster_yaml).read_text())
+    types = src["available_node_types"]
+    head = types[src["head_node_type"]]
+    workers = {}
+    for name, t in types.items():
+        if name == src["head_node_type"]:
+            continue
+        res = dict(t.get("resources", {}))
+        if worker_cpus is not None:
+            res["CPU"] = min(res.get("CPU", worker_cpus), worker_cpus)
+        workers[name] = {"resources": res, "node_config": {},
+                         "min_workers": t.get("min_workers", 0),
+                         "max_workers": t.get("max_workers", src.get("max_workers", 1)) if
+                         max_workers is None else max_workers}
+    return {
+        "cluster_name": src.get("cluster_name", "fake"),
+        "max_workers": src.get("max_workers", 8) if max_workers is None else max_workers,
+        "upscaling_speed": src.get("upscaling_speed", 1.0),
+        "idle_timeout_minutes": (src.get("idle_timeout_minutes", 5)
+                                 if idle_timeout_minutes is None else idle_timeout_minutes),
+        "provider": {"type": "fake_multinode", "disable_launch_config_check": True,
+                     "disable_node_updaters": True,
+                     "use_node_id_as_ip": True},
+        "auth": {"ssh_user": "ray"},
+        "available_node_types": {
+            FAKE_HEAD_TYPE: {"resources": dict(head.get("resources", {})), "node_config": {},
+                             "max_workers": 0}, **workers},
+        "head_node_type": FAKE_HEAD_TYPE,
+        "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False,
+        "rsync_exclude": [], "rsync_filter": [], "initialization_commands": [],
+        "setup_commands": [], "head_setup_commands": [], "worker_setup_commands": [],
+        "head_start_ray_commands": [], "worker_start_ray_commands": [],
+    }
 
 
 #: Niceness of a node while it starts (root only; 0 again once it runs). The raylet aborts
@@ -227,7 +285,10 @@ class LocalCluster:
     manager, or ``start()`` / ``stop()``.
 
     private: paths hidden from every worker node (each gets its own empty tmpfs there), on
-    top of the cluster's base folder. env: extra environment of every node.
+    top of the cluster's base folder. env: extra environment of every node. autoscaling: a
+    ``fake_autoscaling_config``: the head's monitor then adds and removes worker nodes of its
+    types on demand (local processes in the head's namespace, stopped with the head); these
+    need no root, so ``num_workers=0`` with it runs anywhere.
     """
 
     num_workers: int = 2
@@ -241,6 +302,7 @@ class LocalCluster:
     base: str = ""
     port: int = 0
     dashboard_port: int = 0
+    autoscaling: dict | None = None
 
     @property
     def address(self) -> str:
@@ -272,9 +334,16 @@ class LocalCluster:
                "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
                f"--ray-client-server-port={free_port()}", f"--temp-dir={temp}",
                "--disable-usage-stats", *port_args(ports)]
+        head_env = {}
+        if self.autoscaling is not None:
+            config = Path(self.base) / "autoscaling.json"
+            config.write_text(json.dumps({**self.autoscaling, "provider": {
+                **self.autoscaling["provider"], "gcs_address": self.address}}))
+            cmd.append(f"--autoscaling-config={config}")
+            head_env = FAKE_AUTOSCALER_ENV
         try:
             for attempt in range(3):  # see add_worker
-                self.head = self._spawn("head", cmd, temp, ports, namespace=False)
+                self.head = self._spawn("head", cmd, temp, ports, namespace=False, env=head_env)
                 try:
                     self._wait_started(self.head, timeout_s)
                     break
@@ -323,9 +392,9 @@ class LocalCluster:
         return node
 
     def _spawn(self, name: str, cmd: list[str], temp: str, ports: dict[str, int],
-               namespace: bool) -> Node:
+               namespace: bool, env: dict | None = None) -> Node:
         log = Path(self.base) / f"{name}.log"
-        proc = subprocess.Popen(cmd, env=self.node_env(), stdout=log.open("wb"),
+        proc = subprocess.Popen(cmd, env={**self.node_env(), **(env or {})}, stdout=log.open("wb"),
                                 stderr=subprocess.STDOUT, start_new_session=True,
                                 preexec_fn=_boost if os.geteuid() == 0 else None)
         ns = None
@@ -423,12 +492,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--head-cpus", type=int, default=0)
     p.add_argument("--private", action="append", default=[],
                    help="a path every worker sees as an empty private folder (repeatable)")
+    p.add_argument("--autoscale-from", metavar="CLUSTER_YAML",
+                   help="also run Ray's fake autoscaler with this file's node types (e.g. "
+                        "cluster.yaml: a GPU group from 0; --workers 0 for that alone)")
+    p.add_argument("--autoscale-cpus", type=float, default=2.0,
+                   help="CPUs of each autoscaled node (cap on the file's)")
     args = p.parse_args(argv)
-    if reason := unavailable_reason():
+    if args.workers and (reason := unavailable_reason()):
         print(f"error: cannot start a multi-node cluster here: {reason}", file=sys.stderr)
         return 2
+    autoscaling = (fake_autoscaling_config(args.autoscale_from, worker_cpus=args.autoscale_cpus)
+                   if args.autoscale_from else None)
     with LocalCluster(args.workers, args.head_cpus, args.worker_cpus,
-                      private=tuple(args.private)) as cluster:
+                      private=tuple(args.private), autoscaling=autoscaling) as cluster:
         print(json.dumps({"address": cluster.address, "dashboard": cluster.dashboard_url,
                           "logs": cluster.base}), flush=True)
         print("Ctrl-C stops every node of this cluster (and nothing else)", flush=True)

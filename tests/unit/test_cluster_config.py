@@ -86,3 +86,19 @@ def test_local_test_cluster_has_the_heads_shape(cluster):
     head = cluster["available_node_types"]["head"]["resources"]
     assert LocalCluster().head_cpus == head["CPU"] == 0
     assert head.get("GPU", 0) == 0
+
+
+def test_fake_autoscaling_config_keeps_cluster_yaml_node_types(cluster):
+    """The laptop autoscaler of tests/integration/test_autoscaling.py: cluster.yaml's worker
+    types (GPU kept as a resource, min_workers 0), CPUs capped, valid for Ray's monitor."""
+    from ray.autoscaler._private.util import validate_config
+    from raydal.testing.cluster import FAKE_HEAD_TYPE, fake_autoscaling_config
+    fake = fake_autoscaling_config(ROOT / "cluster.yaml", worker_cpus=2, idle_timeout_minutes=0.25)
+    validate_config(fake)
+    gpu = cluster["available_node_types"]["gpu_worker"]
+    assert fake["available_node_types"]["gpu_worker"] == {
+        "resources": {**gpu["resources"], "CPU": 2}, "node_config": {},
+        "min_workers": gpu["min_workers"], "max_workers": gpu["max_workers"]}
+    head = cluster["available_node_types"][cluster["head_node_type"]]
+    assert fake["available_node_types"][FAKE_HEAD_TYPE]["resources"] == head["resources"]
+    assert fake["idle_timeout_minutes"] == 0.25 and fake["provider"]["type"] == "fake_multinode"

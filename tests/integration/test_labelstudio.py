@@ -2,9 +2,8 @@
 
 The server runs from its own venv (label-studio pins Django and much else): REPO/.ls-venv
 (`python3 -m venv .ls-venv && .ls-venv/bin/pip install label-studio==1.23.2`), or the executable
-named by RAYDAL_LABEL_STUDIO. Without it the server test skips, and fails where
-RAYDAL_REQUIRE_LABEL_STUDIO=1. CI does not make that venv yet: this round trip has not been
-seen passing (the server's first start took over 9 minutes on the loaded development machine).
+named by RAYDAL_LABEL_STUDIO. The README's test command (and so CI) makes that venv; run
+alone without it the server test skips, and fails where RAYDAL_REQUIRE_LABEL_STUDIO=1.
 """
 import json
 import os
@@ -27,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 SERVER = Path(os.environ.get("RAYDAL_LABEL_STUDIO", REPO / ".ls-venv" / "bin" / "label-studio"))
 KEY_ENV = "RAYDAL_TEST_LABEL_STUDIO_KEY"
 CLASSES = ["cat", "dog", "bird"]
-# Label Studio migrates a fresh SQLite database at start: ~9 min at load 10-22 on 2 cores
+# Label Studio migrates a fresh SQLite database at start: ~2 min on 2 busy cores, 9+ at load 10-22
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 
 

@@ -64,7 +64,7 @@ def decode_labeled(batch: dict[str, np.ndarray], labels_ref: list, spec: InputSp
 
 
 def decoded_dataset(pool: Pool, spec: InputSpec, labels: Mapping[str, int] | None = None):
-    """Decoded (x uint8 (C,S,S), label) rows of a Parquet set, materialised.
+    """Decoded (x uint8 (C,S,S), label) rows of a Parquet set: a lazy Dataset.
 
     With ``labels``, only rows whose id is labeled are kept (a pool); without, the file's own
     ``label`` column is used (a test set).
@@ -73,7 +73,21 @@ def decoded_dataset(pool: Pool, spec: InputSpec, labels: Mapping[str, int] | Non
     ref = [ray.put(dict(labels)) if labels is not None else None]
     return ds.map_batches(decode_labeled, fn_kwargs={"labels_ref": ref, "spec": spec,
                                                        "pool": pool},
-                          batch_size=512).materialize()
+                          batch_size=512)
+
+
+def held_here(ds):
+    """``ds`` executed, its blocks put by this process (the driver), so they live on its node.
+
+    Blocks a Dataset materialises stay on the nodes that made them, and Ray 2.60 cannot
+    rebuild a lost one (streaming-generator outputs have no lineage): a worker node lost with
+    some of them would leave a restarted trainer waiting forever. Decoded in parallel by Ray
+    Data, then held by the driver, the rows outlive any worker node. (Decoding inside the
+    training task instead deadlocks: its CPU is the one its decode tasks would need.)
+    """
+    import ray.data
+    blocks = list(ds.iter_batches(batch_size=None, batch_format="pyarrow"))
+    return ray.data.from_arrow(blocks) if blocks else ds.materialize()
 
 
 def _train_func(config: dict) -> None:
@@ -329,8 +343,9 @@ def train_round(spec: ModelSpec, pool: Pool, labels: Mapping[str, int], test_pat
     of the whole call), startup_seconds (from the call to the first optimiser step).
     """
     t0, started_at = time.perf_counter(), time.time()
-    train_ds = decoded_dataset(pool, spec.input_spec, labels)
-    test_ds = decoded_dataset(Pool(test_path), spec.input_spec)
+    # decoded once for every epoch and restart, and held on the driver's node
+    train_ds = held_here(decoded_dataset(pool, spec.input_spec, labels))
+    test_ds = held_here(decoded_dataset(Pool(test_path), spec.input_spec))
     # on the driver's node: losing a worker node must not lose the tracker
     tracker = EpochTracker.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
         ray.get_runtime_context().get_node_id(), soft=True)).remote()

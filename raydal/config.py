@@ -225,8 +225,8 @@ class RayConfig(_Section):
 
 class TrackingConfig(_Section):
     mlflow: bool | str = Field(
-        False, description="true: an MLflow folder RUN_DIR/mlruns; or a tracking URI "
-        "(http://host:5000, file:///abs/folder); false: off")
+        False, description="true: an MLflow SQLite store RUN_DIR/mlflow.db; or a tracking URI "
+        "(http://host:5000, sqlite:///abs/mlflow.db); false: off")
     tensorboard: bool | str = Field(
         False, description="true: event files in RUN_DIR/tensorboard; or a local folder; "
         "false: off")

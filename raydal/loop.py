@@ -112,7 +112,9 @@ class ActiveLoop:
             raise ConfigError(f"tracking: the run directory {self.run_dir} is not local; set "
                               "tracking.mlflow to a tracking URI (http://host:5000) and "
                               "tracking.tensorboard to a local folder instead of true")
-        mlflow = (self.run_dir.local_path / "mlruns").as_uri() if t.mlflow is True else t.mlflow
+        # MLflow 3 refuses its folder store (maintenance mode) unless told to: SQLite instead
+        mlflow = f"sqlite:///{self.run_dir.local_path / 'mlflow.db'}" if t.mlflow is True \
+            else t.mlflow
         board = str(self.run_dir.local_path / "tensorboard") if t.tensorboard is True \
             else t.tensorboard
         return RunTracking(mlflow or None, board or None, t.experiment or self.config.name,

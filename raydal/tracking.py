@@ -59,7 +59,7 @@ def round_metrics(row: Mapping[str, Any], scores: np.ndarray | None,
 class Target:
     """Where a run is tracked; plain data that travels to Ray Train workers.
 
-    mlflow_uri: an MLflow tracking URI (``file:///abs/mlruns`` or ``http://host:port``) or None;
+    mlflow_uri: an MLflow tracking URI (``sqlite:////abs/mlflow.db`` or ``http://host:port``) or None;
     run_id: the MLflow run; tensorboard_dir: a local folder for event files or None.
     """
 

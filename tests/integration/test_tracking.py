@@ -46,10 +46,15 @@ def tensorboard_scalars(folder: Path) -> dict[str, dict[int, float]]:
     return out
 
 
-def test_loop_is_tracked_in_mlflow_and_tensorboard(ray_cluster, fashion_mnist, mlflow_server,
+@pytest.mark.parametrize("store", ["server", "local"])
+def test_loop_is_tracked_in_mlflow_and_tensorboard(ray_cluster, fashion_mnist, request, store,
                                                     tmp_path):
+    """MLflow: a server, or ``tracking.mlflow: true`` (a SQLite store in the run directory:
+    MLflow 3 refuses its folder store unless MLFLOW_ALLOW_FILE_STORE=true)."""
     from mlflow.tracking import MlflowClient
     run_dir = tmp_path / "run"
+    server = request.getfixturevalue("mlflow_server") if store == "server" else None
+    uri = server or f"sqlite:///{run_dir / 'mlflow.db'}"
     cfg = parse_config({
         "name": "tracked", "seed": 3, "run_dir": str(run_dir), "progress": False,
         "data": {"dataset": "fashion-mnist", "prepared_dir": str(fashion_mnist),
@@ -59,14 +64,14 @@ def test_loop_is_tracked_in_mlflow_and_tensorboard(ray_cluster, fashion_mnist, m
         "loop": {"initial": 30, "per_round": 20, "rounds": 1},
         "selection": {"num_actors": 1, "batch_size": 128},
         "training": {"epochs": 2, "batch_size": 16},
-        "tracking": {"mlflow": mlflow_server, "tensorboard": True, "experiment": "raydal-test"},
+        "tracking": {"mlflow": server or True, "tensorboard": True, "experiment": "raydal-test"},
     })
     rows = ActiveLoop(cfg).run()
     ActiveLoop(cfg).run()  # resumed when finished: logs nothing twice
     record = json.loads((run_dir / "tracking.json").read_text())
-    assert record["logged_rounds"] == [0, 1] and record["mlflow_uri"] == mlflow_server
+    assert record["logged_rounds"] == [0, 1] and record["mlflow_uri"] == uri
 
-    client = MlflowClient(tracking_uri=mlflow_server)
+    client = MlflowClient(tracking_uri=uri)
     run = client.get_run(record["run_id"])
     exp = client.get_experiment_by_name("raydal-test")
     assert run.info.experiment_id == exp.experiment_id and run.info.run_name == "tracked"

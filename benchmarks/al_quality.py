@@ -496,7 +496,7 @@ def main(argv=None) -> dict:
         out = Path(args.out or args.render[0])
         merged = {**parts[0], "runs": [x for part in parts for x in part["runs"]],
                   "seconds": sum(x["seconds"] for x in parts)}
-        if len(parts) > 1:
+        if len(parts) > 1 or out != Path(args.render[0]):  # merged, or copied elsewhere
             out.parent.mkdir(parents=True, exist_ok=True)
             write_json(out, merged)
         print(render(merged, out))

@@ -227,6 +227,20 @@ class EpochTracker:
         return self.state
 
 
+def _ask(call: Callable[[], Any], default: Any, tries: int = 10) -> Any:
+    """``ray.get(call())`` of an EpochTracker method. The tracker only reports progress: a
+    transient RPC failure (a node lost nearby resets connections) is retried, and a tracker
+    that is gone gives ``default`` instead of failing the training it watches."""
+    for _ in range(tries):
+        try:
+            return ray.get(call())
+        except ray.exceptions.ActorUnavailableError:
+            time.sleep(0.5)
+        except ray.exceptions.ActorDiedError:
+            return default
+    return default
+
+
 def _fit_with_progress(fit: Callable[[], Any], tracker, epochs: int, enabled: bool,
                        hook_name: str):
     """fit() in a thread while a tqdm bar follows the tracker."""
@@ -240,7 +254,7 @@ def _fit_with_progress(fit: Callable[[], Any], tracker, epochs: int, enabled: bo
               leave=False) as bar:
         while thread.is_alive():
             thread.join(0.5)
-            epoch, loss = ray.get(tracker.get.remote())
+            epoch, loss = _ask(tracker.get.remote, (bar.n, None))
             bar.update(epoch - bar.n)
             if epoch >= 1:
                 hooks.point(hook_name)  # mid-training
@@ -359,7 +373,7 @@ def train_round(spec: ModelSpec, pool: Pool, labels: Mapping[str, int], test_pat
     fit = start(config, {"train": train_ds, "test": test_ds}, settings, run)
     result_metrics, load = _fit_with_progress(fit, tracker, settings.epochs, progress,
                                               hook_name)
-    nodes = ray.get(tracker.get_nodes.remote())
+    nodes = _ask(tracker.get_nodes.remote, [])
     ray.kill(tracker)
     metrics = {**result_metrics, "seconds": time.perf_counter() - t0, "nodes": nodes}
     save_checkpoint(load(), spec, out_checkpoint, {

@@ -30,6 +30,16 @@ def read_run(run_dir: Path) -> tuple[dict, dict[str, list[tuple[int, float]]]]:
     return dict(run.data.params), metrics
 
 
+def _stacked(a, rounds: list[int], series: dict[str, list[tuple[int, float]]]) -> None:
+    """Stacked bars a round: one layer per ``series`` entry (label -> [(step, value)])."""
+    bottom = [0.0] * len(rounds)
+    for label, history in series.items():
+        vals = dict(history)
+        ys = [vals.get(r, 0.0) for r in rounds]
+        a.bar(rounds, ys, bottom=bottom, label=label)
+        bottom = [b + y for b, y in zip(bottom, ys)]
+
+
 def plot(params: dict, metrics: dict, out: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -44,12 +54,8 @@ def plot(params: dict, metrics: dict, out: Path) -> None:
 
     a = ax[0][1]
     rounds = [s for s, _ in acc]
-    bottom = [0.0] * len(rounds)
-    for phase in ("select", "label", "train"):
-        vals = dict(metrics.get(f"seconds/{phase}", []))
-        ys = [vals.get(r, 0.0) for r in rounds]
-        a.bar(rounds, ys, bottom=bottom, label=phase)
-        bottom = [b + y for b, y in zip(bottom, ys)]
+    _stacked(a, rounds, {phase: metrics.get(f"seconds/{phase}", [])
+                         for phase in ("select", "label", "train")})
     a.set(xlabel="round", ylabel="seconds", title="seconds/select|label|train")
     a.legend()
 
@@ -63,12 +69,7 @@ def plot(params: dict, metrics: dict, out: Path) -> None:
     a = ax[1][1]
     classes = sorted((k for k in metrics if k.startswith("picks/class_")),
                      key=lambda k: int(k.rsplit("_", 1)[1]))
-    bottom = [0.0] * len(rounds)
-    for k in classes:
-        vals = dict(metrics[k])
-        ys = [vals.get(r, 0.0) for r in rounds]
-        a.bar(rounds, ys, bottom=bottom, label=k.rsplit("_", 1)[1])
-        bottom = [b + y for b, y in zip(bottom, ys)]
+    _stacked(a, rounds, {k.rsplit("_", 1)[1]: metrics[k] for k in classes})
     a.set(xlabel="round", ylabel="picks", title="picks/class_K")
     a.legend(title="class", fontsize=7, ncol=2)
     fig.suptitle(f"MLflow run of {params.get('name', '?')}: strategy "

@@ -269,6 +269,10 @@ def _no_usable_images(pool: Pool, skipped: list[tuple[str, str]], num_labeled: i
         "and run again")
 
 
+#: Read blocks a scorer gets from a pool (see ``select``).
+BLOCKS_PER_SCORER = 32
+
+
 # ---- public entry point ----------------------------------------------------------------------
 def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None = None,
            strategy: str | Strategy = "dynamicAL", budget: int = 100,
@@ -323,14 +327,15 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
     # (split at row groups, at least 256 KiB) keep scorers evenly busy to the end of the pool,
     # even a one-file pool, and results flowing (measured: benchmarks/selection_scale.py).
     ds = pool.to_dataset()
+    blocks = BLOCKS_PER_SCORER * num_actors
     ds.context.target_max_block_size = int(min(
-        ds.context.target_max_block_size, max(256 << 10, pool.num_bytes // (32 * num_actors))))
+        ds.context.target_max_block_size, max(256 << 10, pool.num_bytes // blocks)))
     job = ScoringJob(uuid.uuid4().hex, source, pool, strategy, [context_ref],
                      [ray.put(frozenset(labels))], budget, batch_size, num_gpus_per_actor,
                      int(max(1, num_cpus_per_actor)))
     # a block a call; Ray Data wants an explicit batch size for GPU tasks: about a block's rows
     rows = (None if not num_gpus_per_actor
-            else max(batch_size, -(-pool.num_rows // (32 * num_actors))))
+            else max(batch_size, -(-pool.num_rows // blocks)))
     scores_ds = ds.map_batches(
         score_block, fn_kwargs=dict(job=job), batch_size=rows, batch_format="numpy",
         compute=ray.data.TaskPoolStrategy(size=num_actors), num_gpus=num_gpus_per_actor,

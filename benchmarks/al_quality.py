@@ -88,6 +88,7 @@ class Regime:
     query: int = 1000
     rounds: int = 4
     seeds: int = 3
+    first_seed: int = 0  # seeds first_seed .. first_seed + seeds - 1 (a confirmation: new ones)
     strategies: tuple[str, ...] = ("random", "entropy", "margin", "least_confidence", "badge",
                                    "coreset", "dynamicAL")
     model: dict = dataclasses.field(default_factory=lambda: {"name": "test_resnet",
@@ -112,6 +113,8 @@ class Regime:
         for key in ("initial", "query", "rounds", "seeds"):
             if not isinstance(getattr(r, key), int) or getattr(r, key) < 1:
                 raise ValueError(f"{where}: {key} must be a positive int, got {getattr(r, key)!r}")
+        if not isinstance(r.first_seed, int) or r.first_seed < 0:
+            raise ValueError(f"{where}: first_seed must be an int >= 0, got {r.first_seed!r}")
         t = r.training
         if not 0 < t.stop_train_accuracy <= 1 or not 1 <= t.min_epochs <= t.max_epochs:
             raise ValueError(f"{where}: training needs 0 < stop_train_accuracy <= 1 and "
@@ -300,7 +303,8 @@ def run(r: Regime, out: Path, data_dir: Path, threads: int, only: list[str] | No
     data = load_data(r, data_dir)
     print(f"[{r.name}] data: pool {len(data[0])}, test {len(data[4])} "
           f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    pairs = [(seed, name) for seed in (seeds if seeds is not None else range(r.seeds))
+    planned = range(r.first_seed, r.first_seed + r.seeds)
+    pairs = [(seed, name) for seed in (seeds if seeds is not None else planned)
              for name in only or r.strategies]
     if by_strategy:  # every seed of a strategy before the next strategy
         order = list(dict.fromkeys(name for _, name in pairs))
@@ -322,11 +326,12 @@ def run(r: Regime, out: Path, data_dir: Path, threads: int, only: list[str] | No
 
 
 def same_regime(a: dict, b: dict) -> bool:
-    """Whether two regime records define the same experiment (``seeds`` and ``strategies`` only
-    say which runs to do: runs of more seeds or strategies may be added to a results file)."""
+    """Whether two regime records define the same experiment (``seeds``, ``first_seed`` and
+    ``strategies`` only say which runs to do: runs of more seeds or strategies may be added to
+    a results file)."""
     def key(d):
         return {k: v for k, v in json.loads(json.dumps(d)).items()
-                if k not in ("seeds", "strategies")}
+                if k not in ("seeds", "first_seed", "strategies")}
     return key(a) == key(b)
 
 

@@ -7,7 +7,8 @@ starts a fresh local cluster.
 
 Ray itself retries a dead address for minutes (a SIGKILLed head leaves its address file
 behind). Here the GCS port is probed first: a cluster that does not answer within
-``timeout_s`` raises ``ClusterUnreachable`` naming the address, where it came from and the fix.
+``timeout_s`` raises ``ClusterUnreachable`` naming the address, where it came from and the fix;
+one that answers but has no node on this machine (a driver needs one) raises ``NoNodeHere``.
 While connected, a watchdog thread probes the same port; a head that stays gone for
 ``HEAD_LOST_S`` ends the driver with a clear message (everything a run finished is already
 written atomically, so the next run resumes from there).
@@ -37,6 +38,10 @@ SUPERVISED_ENV = "RAYDAL_SUPERVISED"
 
 class ClusterUnreachable(RaydalError, ConnectionError):
     """The named Ray cluster does not answer (its head is gone or the address is wrong)."""
+
+
+class NoNodeHere(RaydalError, ConnectionError):
+    """The named cluster answers, but none of its nodes runs on this machine."""
 
 
 def cluster_address(configured: str | None = None) -> tuple[str | None, str]:
@@ -103,7 +108,16 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
     else:
         log.info("joining the Ray cluster at %s (from %s)", target, source)
         wait_reachable(target, source, timeout_s)
-        ray.init(address=target, **kwargs)
+        try:
+            ray.init(address=target, **kwargs)
+        except ConnectionError as err:
+            if "No node info found" not in str(err.__cause__):
+                raise
+            raise NoNodeHere(
+                f"the Ray cluster at {target} (from {source}) answers, but none of its nodes "
+                "runs on this machine (or this machine's node just died), and a Ray driver "
+                "needs one: run raydal on the head, or submit it as a job (`ray job submit "
+                "--address http://HEAD:8265 -- raydal run CONFIG`, see jobs/)") from err
         watch_head(target)
     if main:  # Ray's C++ handler dumps stack lines on SIGTERM: back to a Python handler
         signal.signal(signal.SIGTERM, sigterm if callable(sigterm)

@@ -164,6 +164,21 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _listening_ports() -> set[int]:
+    """TCP ports some socket of this network namespace listens on (IPv4 and IPv6)."""
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A":  # TCP_LISTEN
+                ports.add(int(local.rsplit(":", 1)[1], 16))
+    return ports
+
+
 def _in_namespace(ns: str) -> list[int]:
     """PIDs whose mount namespace is ``ns`` (a readlink of /proc/PID/ns/mnt)."""
     pids = []
@@ -256,6 +271,13 @@ class Node:
             if "Check failed" in text:
                 return text[text.index("Check failed"):][:400]
         return None
+
+    def agents_listening(self) -> bool:
+        """Whether something listens on every agent port given to this node (on any address:
+        the runtime-env agent binds the machine's IP). Those ports were free when chosen, not
+        reserved: an agent that loses its port to another process exits, and ``ray start
+        --block`` with it, possibly after it reported the node started."""
+        return set(self.ports.values()) <= _listening_ports()
 
     def kill(self, sig: int = signal.SIGKILL, timeout_s: float = 20.0) -> None:
         """Send ``sig`` to every process of the node, then SIGKILL what is left; wait until
@@ -427,15 +449,16 @@ class LocalCluster:
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     def _wait_started(self, node: Node, timeout_s: float) -> None:
-        """Until ``node``'s ``ray start`` reports its runtime started; RuntimeError if it
-        exits first or its raylet aborted (``ray start`` itself notices that only after
+        """Until ``node``'s ``ray start`` reports its runtime started and its agents listen;
+        RuntimeError if it exits first (``ray start --block`` exits when an agent or the
+        raylet dies) or its raylet aborted (``ray start`` itself notices that only after
         ``RAY_raylet_start_wait_time_s``), TimeoutError after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             node.write_agent_ports()
             if crash := node.raylet_abort():
                 raise RuntimeError(f"{node.name}: its raylet aborted while starting: {crash}")
-            if b"Ray runtime started" in node.log.read_bytes():
+            if b"Ray runtime started" in node.log.read_bytes() and node.agents_listening():
                 for pid in node.processes():  # started: back to the machine's normal priority
                     try:
                         os.setpriority(os.PRIO_PROCESS, pid, 0)

@@ -4,7 +4,8 @@ The head runs Ray's fake multi-node provider (``raydal.testing.cluster.fake_auto
 the node types of ``cluster.yaml`` (a 0-CPU head; ``gpu_worker`` with ``min_workers: 0``, 1 GPU
 as a fake resource, CPUs capped to 2 for this machine), started as local processes when Ray asks
 for them and removed after the idle timeout. A selection with ``num_gpus_per_actor: 1`` must
-make the GPU group grow from 0 to the number of scorers, pick what the CPU run picks, and the
+make the GPU group grow from 0 to the number of scorers (the nodes the driver sees alive, some
+perhaps after a small pool is already scored), pick what the CPU run picks, and the
 group must shrink back to 0. The driver runs in a subprocess (this pytest process is joined to
 the session's one-node cluster). Needs no root: fake nodes share the head's filesystem.
 """
@@ -30,22 +31,33 @@ SPEC = ModelSpec(name="test_resnet", num_classes=10, in_chans=1, img_size=32)
 SCORERS = 2
 IDLE_MINUTES = 0.25  # cluster.yaml says 5; a test cannot wait that long
 
+# The driver records every GPU node alive from submit until the group is complete or 180 s
+# after the selection: a small pool may be scored before the second node has joined.
 DRIVER = textwrap.dedent("""
-    import json, sys, time
+    import json, sys, threading, time
     import ray
     import raydal
-    address, pool, ckpt, labels = sys.argv[1:5]
+    address, pool, ckpt, labels, scorers = sys.argv[1:6]
     ray.init(address=address, log_to_driver=False, logging_level="ERROR")
-    gpus = lambda: sum(n["Resources"].get("GPU", 0) for n in ray.nodes() if n["Alive"])
-    before = gpus()
+    gpu_ids = lambda: {n["NodeID"] for n in ray.nodes()
+                       if n["Alive"] and n["Resources"].get("GPU", 0) > 0}
+    before, seen, done = len(gpu_ids()), set(), threading.Event()
+    def watch():
+        while not done.wait(0.5):
+            seen.update(gpu_ids())
+    threading.Thread(target=watch, daemon=True).start()
     t0 = time.perf_counter()
     sel = raydal.select(pool, ckpt, "dynamicAL", 15, json.load(open(labels)),
-                        num_actors=%d, num_gpus_per_actor=1, progress=False,
+                        num_actors=int(scorers), num_gpus_per_actor=1, progress=False,
                         resource_wait_s=300)
-    print(json.dumps({"ids": sel.ids, "gpus_before": before, "gpus_after": gpus(),
+    t_sel = time.perf_counter()
+    while len(seen) < int(scorers) and time.perf_counter() - t_sel < 180:
+        time.sleep(0.5)
+    done.set()
+    print(json.dumps({"ids": sel.ids, "gpus_before": before, "gpu_nodes_seen": sorted(seen),
                       "first_block_s": sel.startup_seconds, "seconds": sel.seconds,
-                      "submit_to_result_s": time.perf_counter() - t0, "nodes": sel.nodes}))
-""" % SCORERS)
+                      "submit_to_result_s": t_sel - t0, "nodes": sel.nodes}))
+""")
 
 
 @pytest.fixture(scope="module")
@@ -72,17 +84,17 @@ def test_gpu_selection_scales_the_group_from_zero_and_back(autoscaling_cluster, 
 
     assert gpu_nodes(autoscaling_cluster) == []  # min_workers 0: nothing billed while idle
     out = subprocess.run([sys.executable, "-c", DRIVER, autoscaling_cluster.address,
-                          str(pool.path), str(ckpt), str(tmp_path / "labels.json")],
+                          str(pool.path), str(ckpt), str(tmp_path / "labels.json"),
+                          str(SCORERS)],
                          env=autoscaling_cluster.node_env(), capture_output=True, text=True,
                          timeout=900)
     assert out.returncode == 0, out.stderr[-4000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"cold GPU group: submit -> first scored block {got['first_block_s']:.1f} s, "
           f"selection {got['seconds']:.1f} s")
-    assert got["gpus_before"] == 0 and got["gpus_after"] == SCORERS
+    assert got["gpus_before"] == 0 and len(got["gpu_nodes_seen"]) == SCORERS, got
     assert got["ids"] == cpu.ids  # the picks do not depend on where they were scored
-    ids = {n["id"] for n in gpu_nodes(autoscaling_cluster)}
-    assert set(got["nodes"]) <= ids and got["nodes"], (got["nodes"], ids)
+    assert set(got["nodes"]) <= set(got["gpu_nodes_seen"]) and got["nodes"], got
 
     t0 = time.monotonic()  # idle: the group goes back to 0 after the idle timeout
     while gpu_nodes(autoscaling_cluster):

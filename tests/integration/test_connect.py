@@ -103,7 +103,8 @@ def test_head_killed_mid_run_then_fail_fast_then_resume(ray_cluster, fashion_mni
         while _phase(run_dir) != (0, "train") and driver.poll() is None:
             assert time.monotonic() < deadline, "the run never reached round 0's training"
             time.sleep(0.5)
-        assert driver.poll() is None, driver.communicate()[0][-3000:]
+        assert driver.poll() is None, (driver.communicate()[0][-3000:]
+                                       + f"\nthe head's log:\n{cluster.head.log.read_text()[-2000:]}")
         labels_before = pq.read_table(run_dir / "labels" / "round-0000.parquet")
         time.sleep(3)  # inside Ray Train
         cluster.kill_head()
@@ -140,3 +141,25 @@ def test_head_killed_mid_run_then_fail_fast_then_resume(ray_cluster, fashion_mni
     ids = LabelLog(run_dir / "labels").table().column("id").to_pylist()
     assert len(ids) == len(set(ids)) == 40
     assert _phase(run_dir) == (1, "done")
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(os.geteuid() != 0, reason="a driver in its own PID namespace needs root")
+def test_driver_on_a_machine_without_a_node_is_told_to_run_on_the_head(fashion_mnist, tmp_path):
+    """A driver that reaches the GCS but sees no raylet of the cluster (here: it runs in its own
+    PID namespace, as on a laptop pointed at a remote head) gets one line and status 2, not
+    Ray's traceback."""
+    cfg_path = tmp_path / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(_config(fashion_mnist, tmp_path / "run")))
+    with LocalCluster(num_workers=0) as cluster:
+        env = {**cluster.node_env(), "RAY_ADDRESS": cluster.address,
+               "RAY_gcs_server_request_timeout_seconds": "5"}  # Ray's lookup: 60 s by default
+        out = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", RAYDAL, "run",
+                              str(cfg_path), "--no-progress"], env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-3000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: the Ray cluster at {cluster.address} (from RAY_ADDRESS) "
+                           "answers, but none of its nodes runs on this machine"), out.stderr
+    assert "ray job submit" in last and "Traceback" not in out.stderr
+    assert not (tmp_path / "run" / "labels").exists()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from raydal.errors import ResourceError
@@ -98,9 +100,12 @@ def _refusal(d: Demand, nodes: list[dict[str, float]], waited: float) -> Resourc
         "cluster set ray.resource_wait_s to wait for new nodes")
 
 
-def ensure_schedulable(demands: list[Demand], wait_s: float = 0.0, poll_s: float = 2.0) -> None:
+def ensure_schedulable(demands: list[Demand], wait_s: float = 0.0, poll_s: float = 2.0,
+                       keep_request: bool = False) -> bool:
     """Return once every demand fits the cluster's alive nodes; ResourceError if it does not
-    (at once with ``wait_s`` 0, else after asking the autoscaler and waiting ``wait_s`` s)."""
+    (at once with ``wait_s`` 0, else after asking the autoscaler and waiting ``wait_s`` s).
+    Returns whether the autoscaler was asked; its request is withdrawn on return (it would keep
+    those nodes up forever) unless ``keep_request``: then ``withdraw_request()`` it."""
     t0 = time.monotonic()
     asked = False
     last_note = t0
@@ -108,10 +113,9 @@ def ensure_schedulable(demands: list[Demand], wait_s: float = 0.0, poll_s: float
         nodes = _alive_nodes()
         short = [d for d in demands if not fits(nodes, d)]
         if not short:
-            if asked:  # the request would keep those nodes up forever
-                from ray.autoscaler.sdk import request_resources
-                request_resources(bundles=[])
-            return
+            if asked and not keep_request:
+                withdraw_request()
+            return asked
         waited = time.monotonic() - t0
         if waited >= wait_s:
             raise _refusal(short[0], nodes, waited)
@@ -125,3 +129,22 @@ def ensure_schedulable(demands: list[Demand], wait_s: float = 0.0, poll_s: float
                         short[0].what, describe(nodes), waited, wait_s)
             last_note = time.monotonic()
         time.sleep(min(poll_s, max(0.0, wait_s - waited)))
+
+
+def withdraw_request() -> None:
+    """Let the autoscaler remove idle nodes again (``ensure_schedulable``'s request ends)."""
+    from ray.autoscaler.sdk import request_resources
+    request_resources(bundles=[])
+
+
+@contextmanager
+def schedulable(demands: list[Demand], wait_s: float = 0.0) -> Iterator[None]:
+    """``ensure_schedulable``, with any request to the autoscaler kept for the with-block: the
+    nodes it brought up are idle until the work lands on them, and an autoscaler removes idle
+    nodes (after 15 s in the autoscaling test, 5 min in cluster.yaml)."""
+    asked = ensure_schedulable(demands, wait_s, keep_request=True)
+    try:
+        yield
+    finally:
+        if asked:
+            withdraw_request()

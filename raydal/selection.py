@@ -30,7 +30,7 @@ from raydal.errors import SelectionError
 from raydal.merge import RunningTopK, StreamingTopK
 from raydal.models import ModelSpec, load_checkpoint, read_checkpoint_meta
 from raydal.pool import Pool
-from raydal.resources import ensure_schedulable, selection_demand
+from raydal.resources import schedulable, selection_demand
 from raydal.scoring.base import Strategy, create_strategy
 from raydal.scoring.diversity import SetStrategy, StreamingCandidates, features_from_bytes
 from raydal.shared_paths import check_shared
@@ -299,83 +299,83 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
         raise ValueError(f"budget must be a positive int, got {budget}")
     if num_actors < 1:
         raise ValueError(f"num_actors must be a positive int, got {num_actors}")
-    ensure_schedulable([selection_demand(num_actors, num_cpus_per_actor, num_gpus_per_actor)],
-                       resource_wait_s)
-    pool = pool if isinstance(pool, Pool) else Pool(pool)
-    if isinstance(strategy, str):
-        strategy = create_strategy(strategy, **(strategy_options or {}))
-    labels = dict(labeled) if isinstance(labeled, Mapping) else {i: -1 for i in (labeled or [])}
-    source = model_source(model, input_spec, pool)
-    check_shared({"pool": pool.path, "model": source.checkpoint})  # many nodes, local paths
-    if strategy.needs_model and source.checkpoint is None and source.module_ref is None:
-        raise ValueError(f"strategy {strategy.name!r} needs a model; pass model=")
+    demand = selection_demand(num_actors, num_cpus_per_actor, num_gpus_per_actor)
+    with schedulable([demand], resource_wait_s):  # nodes an autoscaler adds stay until the end
+        pool = pool if isinstance(pool, Pool) else Pool(pool)
+        if isinstance(strategy, str):
+            strategy = create_strategy(strategy, **(strategy_options or {}))
+        labels = dict(labeled) if isinstance(labeled, Mapping) else {i: -1 for i in (labeled or [])}
+        source = model_source(model, input_spec, pool)
+        check_shared({"pool": pool.path, "model": source.checkpoint})  # many nodes, local paths
+        if strategy.needs_model and source.checkpoint is None and source.module_ref is None:
+            raise ValueError(f"strategy {strategy.name!r} needs a model; pass model=")
 
-    context_ref = ray.put(None)
-    if strategy.needs_labeled:
-        if not labels or any(v < 0 for v in labels.values()):
-            raise ValueError(f"strategy {strategy.name!r} needs the labels of the labeled set: "
-                             "pass labeled={id: label, ...}")
-        task = ray.remote(_prepare_context).options(num_gpus=num_gpus_per_actor,
-                                                    num_cpus=num_cpus_per_actor)
-        # not awaited here: the labeled-set pass runs while the first blocks are read (each
-        # scorer waits for it when it loads the selection)
-        context_ref = task.remote(strategy, source, pool, labels, batch_size,
-                                  num_gpus_per_actor)
+        context_ref = ray.put(None)
+        if strategy.needs_labeled:
+            if not labels or any(v < 0 for v in labels.values()):
+                raise ValueError(f"strategy {strategy.name!r} needs the labels of the labeled set: "
+                                 "pass labeled={id: label, ...}")
+            task = ray.remote(_prepare_context).options(num_gpus=num_gpus_per_actor,
+                                                        num_cpus=num_cpus_per_actor)
+            # not awaited here: the labeled-set pass runs while the first blocks are read (each
+            # scorer waits for it when it loads the selection)
+            context_ref = task.remote(strategy, source, pool, labels, batch_size,
+                                      num_gpus_per_actor)
 
-    # Ray Data reads Parquet as few large blocks (several files merged, up to 128 MiB), and a
-    # scorer's results reach the driver when it finishes a block. About 32 blocks a scorer
-    # (split at row groups, at least 256 KiB) keep scorers evenly busy to the end of the pool,
-    # even a one-file pool, and results flowing (measured: benchmarks/selection_scale.py).
-    ds = pool.to_dataset()
-    blocks = BLOCKS_PER_SCORER * num_actors
-    ds.context.target_max_block_size = int(min(
-        ds.context.target_max_block_size, max(256 << 10, pool.num_bytes // blocks)))
-    job = ScoringJob(uuid.uuid4().hex, source, pool, strategy, [context_ref],
-                     [ray.put(frozenset(labels))], budget, batch_size, num_gpus_per_actor,
-                     int(max(1, num_cpus_per_actor)))
-    # a block a call; Ray Data wants an explicit batch size for GPU tasks: about a block's rows
-    rows = (None if not num_gpus_per_actor
-            else max(batch_size, -(-pool.num_rows // blocks)))
-    scores_ds = ds.map_batches(
-        score_block, fn_kwargs=dict(job=job), batch_size=rows, batch_format="numpy",
-        compute=ray.data.TaskPoolStrategy(size=num_actors), num_gpus=num_gpus_per_actor,
-        num_cpus=num_cpus_per_actor,
-        # Ray ends a GPU task's worker after each call by default (max_calls 1): keep it, or
-        # every block would reload the model
-        max_calls=0)
+        # Ray Data reads Parquet as few large blocks (several files merged, up to 128 MiB), and a
+        # scorer's results reach the driver when it finishes a block. About 32 blocks a scorer
+        # (split at row groups, at least 256 KiB) keep scorers evenly busy to the end of the pool,
+        # even a one-file pool, and results flowing (measured: benchmarks/selection_scale.py).
+        ds = pool.to_dataset()
+        blocks = BLOCKS_PER_SCORER * num_actors
+        ds.context.target_max_block_size = int(min(
+            ds.context.target_max_block_size, max(256 << 10, pool.num_bytes // blocks)))
+        job = ScoringJob(uuid.uuid4().hex, source, pool, strategy, [context_ref],
+                         [ray.put(frozenset(labels))], budget, batch_size, num_gpus_per_actor,
+                         int(max(1, num_cpus_per_actor)))
+        # a block a call; Ray Data wants an explicit batch size for GPU tasks: about a block's rows
+        rows = (None if not num_gpus_per_actor
+                else max(batch_size, -(-pool.num_rows // blocks)))
+        scores_ds = ds.map_batches(
+            score_block, fn_kwargs=dict(job=job), batch_size=rows, batch_format="numpy",
+            compute=ray.data.TaskPoolStrategy(size=num_actors), num_gpus=num_gpus_per_actor,
+            num_cpus=num_cpus_per_actor,
+            # Ray ends a GPU task's worker after each call by default (max_calls 1): keep it, or
+            # every block would reload the model
+            max_calls=0)
 
-    set_based = isinstance(strategy, SetStrategy)
-    merger = (StreamingCandidates(strategy, budget, ray.get(context_ref)) if set_based
-              else StreamingTopK(budget))
-    skipped: list[tuple[str, str]] = []
-    num_scored = 0
-    startup: tuple[float, int] | None = None
-    bar = _progress(pool.num_rows - len(labels), f"scoring ({strategy.name})", progress)
-    nodes: dict[str, None] = {}  # ordered set
-    for out in _batches_or_context_error(scores_ds, context_ref):
-        nodes.update(dict.fromkeys(out["node"].tolist()))
-        good = out["status"] == ""
-        bad = ~good & (out["status"] != COUNT_ONLY)
-        merger.add(out["id"][good], features_from_bytes(out["features"][good]) if set_based
-                   else out["score"][good])
-        skipped += [(str(i), str(r)) for i, r in zip(out["id"][bad], out["status"][bad])]
-        n = int(out["n_scored"].sum())
-        num_scored += n
-        seen = n + int(bad.sum())
-        bar.update(seen)
-        if startup is None:  # scorers started, model loaded, first block read and scored
-            startup = (time.perf_counter() - t0, seen)
-    bar.close()
-    if not num_scored:
-        raise _no_usable_images(pool, skipped, len(labels))
-    ids, scores = merger.result()
-    if skipped:
-        log.warning("skipped %d unreadable images (first: %s: %s)", len(skipped), *skipped[0])
-    if len(ids) < budget:
-        log.warning("budget %d, but only %d unlabeled images could be scored (%d skipped): "
-                    "returning %d picks", budget, num_scored, len(skipped), len(ids))
-    return Selection([str(i) for i in ids], scores, num_scored, skipped,
-                     time.perf_counter() - t0, *(startup or (0.0, 0)), nodes=list(nodes))
+        set_based = isinstance(strategy, SetStrategy)
+        merger = (StreamingCandidates(strategy, budget, ray.get(context_ref)) if set_based
+                  else StreamingTopK(budget))
+        skipped: list[tuple[str, str]] = []
+        num_scored = 0
+        startup: tuple[float, int] | None = None
+        bar = _progress(pool.num_rows - len(labels), f"scoring ({strategy.name})", progress)
+        nodes: dict[str, None] = {}  # ordered set
+        for out in _batches_or_context_error(scores_ds, context_ref):
+            nodes.update(dict.fromkeys(out["node"].tolist()))
+            good = out["status"] == ""
+            bad = ~good & (out["status"] != COUNT_ONLY)
+            merger.add(out["id"][good], features_from_bytes(out["features"][good]) if set_based
+                       else out["score"][good])
+            skipped += [(str(i), str(r)) for i, r in zip(out["id"][bad], out["status"][bad])]
+            n = int(out["n_scored"].sum())
+            num_scored += n
+            seen = n + int(bad.sum())
+            bar.update(seen)
+            if startup is None:  # scorers started, model loaded, first block read and scored
+                startup = (time.perf_counter() - t0, seen)
+        bar.close()
+        if not num_scored:
+            raise _no_usable_images(pool, skipped, len(labels))
+        ids, scores = merger.result()
+        if skipped:
+            log.warning("skipped %d unreadable images (first: %s: %s)", len(skipped), *skipped[0])
+        if len(ids) < budget:
+            log.warning("budget %d, but only %d unlabeled images could be scored (%d skipped): "
+                        "returning %d picks", budget, num_scored, len(skipped), len(ids))
+        return Selection([str(i) for i in ids], scores, num_scored, skipped,
+                         time.perf_counter() - t0, *(startup or (0.0, 0)), nodes=list(nodes))
 
 
 def _batches_or_context_error(scores_ds, context_ref) -> Iterator[dict[str, np.ndarray]]:

@@ -4,8 +4,8 @@ The head runs Ray's fake multi-node provider (``raydal.testing.cluster.fake_auto
 the node types of ``cluster.yaml`` (a 0-CPU head; ``gpu_worker`` with ``min_workers: 0``, 1 GPU
 as a fake resource, CPUs capped to 2 for this machine), started as local processes when Ray asks
 for them and removed after the idle timeout. A selection with ``num_gpus_per_actor: 1`` must
-make the GPU group grow from 0 to the number of scorers (the nodes the driver sees alive, some
-perhaps after a small pool is already scored), pick what the CPU run picks, and the
+make the GPU group grow from 0 to the number of scorers (the selection waits for them and keeps
+its request to the autoscaler until it ends, so none is removed as idle meanwhile), pick what the CPU run picks, and the
 group must shrink back to 0. The driver runs in a subprocess (this pytest process is joined to
 the session's one-node cluster). Needs no root: fake nodes share the head's filesystem.
 """
@@ -31,8 +31,7 @@ SPEC = ModelSpec(name="test_resnet", num_classes=10, in_chans=1, img_size=32)
 SCORERS = 2
 IDLE_MINUTES = 0.25  # cluster.yaml says 5; a test cannot wait that long
 
-# The driver records every GPU node alive from submit until the group is complete or 180 s
-# after the selection: a small pool may be scored before the second node has joined.
+# The driver records every GPU node alive from submit to the selection's end.
 DRIVER = textwrap.dedent("""
     import json, sys, threading, time
     import ray
@@ -44,16 +43,18 @@ DRIVER = textwrap.dedent("""
     before, seen, done = len(gpu_ids()), set(), threading.Event()
     def watch():
         while not done.wait(0.5):
-            seen.update(gpu_ids())
+            try:
+                seen.update(gpu_ids())
+            except Exception:  # a GCS call timed out on a loaded machine: look again
+                pass
     threading.Thread(target=watch, daemon=True).start()
     t0 = time.perf_counter()
     sel = raydal.select(pool, ckpt, "dynamicAL", 15, json.load(open(labels)),
                         num_actors=int(scorers), num_gpus_per_actor=1, progress=False,
                         resource_wait_s=300)
     t_sel = time.perf_counter()
-    while len(seen) < int(scorers) and time.perf_counter() - t_sel < 180:
-        time.sleep(0.5)
     done.set()
+    seen.update(gpu_ids())
     print(json.dumps({"ids": sel.ids, "gpus_before": before, "gpu_nodes_seen": sorted(seen),
                       "first_block_s": sel.startup_seconds, "seconds": sel.seconds,
                       "submit_to_result_s": t_sel - t0, "nodes": sel.nodes}))
@@ -98,6 +99,6 @@ def test_gpu_selection_scales_the_group_from_zero_and_back(autoscaling_cluster, 
 
     t0 = time.monotonic()  # idle: the group goes back to 0 after the idle timeout
     while gpu_nodes(autoscaling_cluster):
-        assert time.monotonic() - t0 < IDLE_MINUTES * 60 + 180, "the GPU group did not scale down"
+        assert time.monotonic() - t0 < IDLE_MINUTES * 60 + 300, "the GPU group did not scale down"
         time.sleep(5)
     print(f"GPU group back at 0 nodes {time.monotonic() - t0:.1f} s after the selection")

@@ -161,6 +161,7 @@ def test_every_error_class_reaches_the_cli_as_one_line(ray_cluster, data, tmp_pa
         "LabelError": ["import-labels", str(tmp_path / "l"), str(tmp_path / "none.csv")],
         "RunDirLocked": ["import-labels", str(tmp_path / "l"), str(tmp_path / "none.csv")],
         "ClusterUnreachable": None,  # needs a dead address: tests/integration/test_connect.py
+        "NoNodeHere": None,  # needs a driver with no node: tests/integration/test_connect.py
         "BadImage": None,  # never leaves an actor: counted per image (test_select.py)
     }
     assert ActiveLoop(config(data, tmp_path / "l")).run() == []

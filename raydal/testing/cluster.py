@@ -173,9 +173,9 @@ def _listening_ports() -> set[int]:
         except OSError:
             continue
         for line in lines:
-            local, state = line.split()[1], line.split()[3]
-            if state == "0A":  # TCP_LISTEN
-                ports.add(int(local.rsplit(":", 1)[1], 16))
+            fields = line.split()  # sl, local_address, rem_address, st, ...
+            if fields[3] == "0A":  # TCP_LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
     return ports
 
 

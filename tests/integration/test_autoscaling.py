@@ -5,9 +5,10 @@ the node types of ``cluster.yaml`` (a 0-CPU head; ``gpu_worker`` with ``min_work
 as a fake resource, CPUs capped to 2 for this machine), started as local processes when Ray asks
 for them and removed after the idle timeout. A selection with ``num_gpus_per_actor: 1`` must
 make the GPU group grow from 0 to the number of scorers (the selection waits for them and keeps
-its request to the autoscaler until it ends, so none is removed as idle meanwhile), pick what the CPU run picks, and the
-group must shrink back to 0. The driver runs in a subprocess (this pytest process is joined to
-the session's one-node cluster). Needs no root: fake nodes share the head's filesystem.
+its request to the autoscaler until it ends, so none is removed as idle meanwhile), pick what
+the CPU run picks, and the group must shrink back to 0. The driver runs in a subprocess (this
+pytest process is joined to the session's one-node cluster). Needs no root: fake nodes share the
+head's filesystem.
 """
 from __future__ import annotations
 

@@ -103,8 +103,9 @@ def test_head_killed_mid_run_then_fail_fast_then_resume(ray_cluster, fashion_mni
         while _phase(run_dir) != (0, "train") and driver.poll() is None:
             assert time.monotonic() < deadline, "the run never reached round 0's training"
             time.sleep(0.5)
-        assert driver.poll() is None, (driver.communicate()[0][-3000:]
-                                       + f"\nthe head's log:\n{cluster.head.log.read_text()[-2000:]}")
+        assert driver.poll() is None, (
+            driver.communicate()[0][-3000:]
+            + f"\nthe head's log:\n{cluster.head.log.read_text()[-2000:]}")
         labels_before = pq.read_table(run_dir / "labels" / "round-0000.parquet")
         time.sleep(3)  # inside Ray Train
         cluster.kill_head()

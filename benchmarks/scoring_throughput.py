@@ -13,15 +13,23 @@ shifts every method alike. Methods:
   head      last-layer closed form (params="head")
 Also: bf16 autocast agreement with fp32 (top-b overlap, Spearman) over a pool.
 
-    python benchmarks/scoring_throughput.py [--device cuda] [--quick] [--profile] [--out PATH]
+    python benchmarks/scoring_throughput.py [--device cuda] [--quick] [--profile | --ratios-only]
+                                            [--out PATH]
 
---profile prints where the fast path's time goes instead: rule time by layer kind, both weight
-forms of every spatial convolution on its own (A, G), the patches alone, the vmap fallback.
+--quick writes under /tmp/raydal-bench/quick unless --out says otherwise (never over the
+committed results). --ratios-only times the methods but vmap round-robin in one process, nothing
+else (no per-method memory processes, no bf16 agreement): a short run for a quiet window.
+
+--profile prints where the fast path's time goes instead: fast, fast_norm and every <g_L, g_u>
+from one forward-mode pass (torch.func.jvp, the JVP lever) against forward and train; rule time
+by layer kind in a fast and a fast_norm pass; both weight forms of every spatial convolution on
+its own (A, G), the patches alone; the vmap fallback.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -39,6 +47,9 @@ QUICK = [
     {"model": "resnet50", "img": 64, "batch": 4, "vmap_samples": {"cpu": 2, "cuda": None}},
 ]
 METHODS = ["forward", "train", "vmap", "fast", "fast_norm", "head"]
+QUICK_DIR = Path("/tmp/raydal-bench/quick")
+# the profile skips a layer's Gram form above this (the stem at 224 px would need 20 GB)
+GRAM_PROFILE_MAX_BYTES = 2 * 2**30
 GOALS = {"fast_vs_train_max": 1.25, "fast_vs_forward_max": 4.0, "fast_speedup_vs_vmap_min": 25.0,
          "head_throughput_vs_forward_min": 0.9, "fast_memory_vs_train_max": 1.5}
 
@@ -203,6 +214,16 @@ def _profile(cfg: dict, device: str, repeats: int) -> dict:
     names = {m: n for n, m in model.named_modules()}
     rule_ms: dict[str, float] = {}
     original = onepass._Site._terms
+    with torch.no_grad():
+        yhat = model(x).argmax(1)
+    params = {k: p.detach() for k, p in model.named_parameters()}
+
+    def losses(p):
+        return F.cross_entropy(torch.func.functional_call(model, p, (x,)), yhat,
+                               reduction="none")
+
+    def jvp_inner():  # the candidate lever: every <g_L, g_u> from one forward-mode pass, (B,)
+        torch.func.jvp(losses, (params,), ({k: g_L[k] for k in params},))
 
     sync = _sync(device)
 
@@ -215,27 +236,32 @@ def _profile(cfg: dict, device: str, repeats: int) -> dict:
         kind = type(m).__name__
         if isinstance(m, torch.nn.Conv2d):
             t, o, i = g[0, 0].numel(), m.out_channels // m.groups, m.weight[0].numel()
-            form = "gram" if use_gram(t, o, i) else "materialised"
-            kind += " 1x1" if conv._pointwise(m) else f" {form}"
+            form = "gram" if use_gram(t, o, i, site.wanted["weight"] is not None) \
+                else "materialised"
+            kind += (" 1x1 " if conv._pointwise(m) else " ") + form
         rule_ms[kind] = rule_ms.get(kind, 0.0) + (time.perf_counter() - start) * 1e3
 
-    runners = _runners(model, x)
-    totals: dict[str, list] = {"forward": [], "train": [], "fast": []}
+    runners = {**_runners(model, x), "jvp_inner_products": jvp_inner}
+    totals: dict[str, list] = {k: [] for k in ("forward", "train", "fast", "fast_norm",
+                                               "jvp_inner_products")}
+    rules: dict[str, dict] = {}
     onepass._Site._terms = timed
     try:
         for i in range(repeats + 1):
-            rule_ms.clear()
             for name in totals:
+                rule_ms.clear()
                 sync()
                 start = time.perf_counter()
                 runners[name]()
                 sync()
                 if i:
                     totals[name].append((time.perf_counter() - start) * 1e3)
+                if name.startswith("fast"):
+                    rules[name] = dict(sorted(rule_ms.items(), key=lambda kv: -kv[1]))
     finally:
         onepass._Site._terms = original
     out = {k: statistics.median(v) for k, v in totals.items()}
-    out["rules_last_pass_ms"] = dict(sorted(rule_ms.items(), key=lambda kv: -kv[1]))
+    out["rules_last_pass_ms"] = rules
 
     # every convolution's (A, G), then both weight forms in isolation
     captured = []
@@ -246,24 +272,27 @@ def _profile(cfg: dict, device: str, repeats: int) -> dict:
         y.register_hook(lambda g: row.__setitem__(2, g))
 
     hooks = [m.register_forward_hook(capture) for m in model.modules()
-             if isinstance(m, torch.nn.Conv2d) and not conv._pointwise(m)]
+             if isinstance(m, torch.nn.Conv2d)]
     xg = x.clone().requires_grad_()
     logits = model(xg)
     torch.autograd.grad(F.cross_entropy(logits, logits.argmax(1), reduction="sum"), xg)
     for h in hooks:
         h.remove()
     layers = []
+    forms = {"gram": conv.gram_weight_terms, "materialised": conv.materialised_weight_terms}
     for m, a, g in captured:
-        v = g_L[names[m] + ".weight"]
         t, o, i = g[0, 0].numel(), m.out_channels // m.groups, m.weight[0].numel()
-        row = {"layer": names[m], "T": t, "o": o, "i": i, "picked": "gram" if use_gram(t, o, i)
-               else "materialised"}
-        for _ in range(2):  # interleaved; the second round is kept
-            row["gram_ms"] = _median_ms(lambda: conv.gram_weight_terms(m, a, g, v), repeats,
-                                         sync)
-            row["materialised_ms"] = _median_ms(
-                lambda: conv.materialised_weight_terms(m, a, g, v), repeats, sync)
-            row["patches_ms"] = _median_ms(lambda: conv.patches(m, a), repeats, sync)
+        row = {"layer": names[m], "T": t, "o": o, "i": i, "pointwise": conv._pointwise(m)}
+        gram_fits = 2 * a.shape[0] * t * t * a.element_size() <= GRAM_PROFILE_MAX_BYTES
+        for inner, suffix in ((True, ""), (False, "_norm")):  # fast, fast_norm
+            v = g_L[names[m] + ".weight"] if inner else None
+            row["picked" + suffix] = "gram" if use_gram(t, o, i, inner) else "materialised"
+            for _ in range(2):  # interleaved; the second round is kept
+                for form, terms in forms.items():
+                    row[form + suffix + "_ms"] = (
+                        _median_ms(lambda: terms(m, a, g, v), repeats, sync)
+                        if form == "materialised" or gram_fits else None)
+        row["patches_ms"] = _median_ms(lambda: conv.patches(m, a), repeats, sync)
         layers.append(row)
     out["conv_layers"] = layers
     last = names[captured[-1][0]] + ".weight"
@@ -276,21 +305,28 @@ def _profile(cfg: dict, device: str, repeats: int) -> dict:
 def _profile_report(cfg: dict, p: dict) -> str:
     fwd = p["forward"]
     lines = [f"{cfg['model']} @ {cfg['img']} px, batch {cfg['batch']}: forward {fwd:.0f} ms, "
-             f"train {p['train'] / fwd:.2f}x, fast {p['fast'] / fwd:.2f}x forward "
-             f"({p['fast'] / p['train']:.2f} training steps)",
-             "  rule time in one scoring pass (x forward): " + ", ".join(
-                 f"{k} {v / fwd:.2f}" for k, v in p["rules_last_pass_ms"].items()),
+             f"train {p['train'] / fwd:.2f}x, " + ", ".join(
+                 f"{k} {p[k] / fwd:.2f}x forward ({p[k] / p['train']:.2f} training steps)"
+                 for k in ("fast", "fast_norm", "jvp_inner_products")),
+             *(f"  rule time in one {k} pass (x forward): " + ", ".join(
+                 f"{kind} {v / fwd:.2f}" for kind, v in rules.items())
+               for k, rules in p["rules_last_pass_ms"].items()),
              f"  vmap fallback for one layer ({p['conv_layers'][-1]['layer']}): "
              f"{p['vmap_one_layer_ms'] / fwd:.2f}x forward"]
-    picked = sum(r[r["picked"] + "_ms"] for r in p["conv_layers"])
-    best = sum(min(r["gram_ms"], r["materialised_ms"]) for r in p["conv_layers"])
-    lines.append(f"  spatial convs: picked forms {picked / fwd:.2f}x forward, best forms "
-                 f"{best / fwd:.2f}x, patches alone "
-                 f"{sum(r['patches_ms'] for r in p['conv_layers']) / fwd:.2f}x")
-    lines += [f"    {r['layer']}: T {r['T']}, o {r['o']}, i {r['i']}: "
-              f"gram {r['gram_ms'] / fwd:.3f} (patches {r['patches_ms'] / fwd:.3f}), "
-              f"materialised {r['materialised_ms'] / fwd:.3f}"
-              f" -> {r['picked']}" for r in p["conv_layers"]]
+    for suffix, name in (("", "fast"), ("_norm", "fast_norm")):
+        picked = sum(r[r["picked" + suffix] + suffix + "_ms"] for r in p["conv_layers"])
+        best = sum(min(r["gram" + suffix + "_ms"] or math.inf, r["materialised" + suffix + "_ms"])
+                   for r in p["conv_layers"])
+        lines.append(f"  convolutions' weight terms in {name}: picked forms {picked / fwd:.2f}x "
+                     f"forward, best forms {best / fwd:.2f}x")
+    lines.append(f"  patches alone {sum(r['patches_ms'] for r in p['conv_layers']) / fwd:.2f}x")
+    ms = lambda r, k: "skipped (memory)" if r[k] is None else f"{r[k] / fwd:.3f}"  # noqa: E731
+    lines += [f"    {r['layer']}{' (1x1)' if r['pointwise'] else ''}: T {r['T']}, o {r['o']}, "
+              f"i {r['i']}, T(o+i)/oi {r['T'] * (r['o'] + r['i']) / (r['o'] * r['i']):.2f}: "
+              f"fast gram {ms(r, 'gram_ms')} materialised {ms(r, 'materialised_ms')} -> "
+              f"{r['picked']}; fast_norm gram {ms(r, 'gram_norm_ms')} materialised "
+              f"{ms(r, 'materialised_norm_ms')} -> {r['picked_norm']}"
+              for r in p["conv_layers"]]
     return "\n".join(lines)
 
 
@@ -302,6 +338,29 @@ def _in_subprocess(task: dict) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"worker {task} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _ratios_only(configs: list[dict], args, out: Path) -> None:
+    """Round-robin ms per batch of every method but vmap, per config; prints x forward and
+    x training step."""
+    rows = []
+    for cfg in configs:
+        slow = cfg["img"] >= 128 and args.device == "cpu"
+        warmup, repeats = (1, 2) if args.quick else ((1, 5) if slow else (2, 7))
+        ms = _in_subprocess({"cfg": cfg, "device": args.device, "interleaved": True,
+                             "warmup": warmup, "repeats": repeats})
+        rows.append({**{k: cfg[k] for k in ("model", "img", "batch")}, "repeats": repeats,
+                     "ms_per_batch": ms})
+        print(f"{cfg['model']}@{cfg['img']}/{cfg['batch']}: " + ", ".join(
+            f"{k} {v:.0f} ms ({v / ms['forward']:.2f}x fwd, {v / ms['train']:.2f} train)"
+            for k, v in ms.items()), flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"device": args.device, "quick": args.quick,
+                               "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "platform": platform.platform(),
+                               "cpu_count": os.cpu_count(),
+                               "load_average_at_end": os.getloadavg(), "results": rows},
+                              indent=2))
+    print(f"wrote {out}")
 
 
 def _table(results: list[dict]) -> str:
@@ -359,6 +418,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--profile", action="store_true",
                         help="per-layer breakdown of the fast path instead of the method table")
+    parser.add_argument("--model", choices=[c["model"] for c in CONFIGS],
+                        help="only this model's configuration")
+    parser.add_argument("--ratios-only", action="store_true",
+                        help="only the round-robin timing of every method but vmap")
     parser.add_argument("--channels-last", action="store_true",
                         help="model and inputs in channels_last memory format")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -377,13 +440,20 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(result))
         return
     configs = [{**cfg, "channels_last": args.channels_last}
-               for cfg in (QUICK if args.quick else CONFIGS)]
+               for cfg in (QUICK if args.quick else CONFIGS)
+               if args.model in (None, cfg["model"])]
+    results_dir = QUICK_DIR if args.quick else Path(__file__).parent / "results"
+    if args.ratios_only:
+        out = args.out or results_dir / f"scoring_ratios_{args.device}.json"
+        _ratios_only(configs, args, out)
+        return
     if args.profile:
         profiles = [{**cfg, "profile": _in_subprocess({"cfg": cfg, "device": args.device,
                                                        "profile": True,
                                                        "repeats": 1 if args.quick else 3})}
                     for cfg in configs]
-        out = args.out or Path(__file__).parent / "results" / f"scoring_profile_{args.device}.json"
+        out = args.out or results_dir / f"scoring_profile_{args.device}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"device": args.device, "quick": args.quick,
                                    "cpu_count": os.cpu_count(), "profiles": profiles}, indent=2))
         print("\n".join(_profile_report(p, p["profile"]) for p in profiles))
@@ -414,7 +484,7 @@ def main(argv: list[str] | None = None) -> None:
     report = {"device": args.device, "quick": args.quick, "channels_last": args.channels_last,
               "platform": platform.platform(),
               "cpu_count": os.cpu_count(), "goals": GOALS, "results": results}
-    out = args.out or Path(__file__).parent / "results" / f"scoring_throughput_{args.device}.json"
+    out = args.out or results_dir / f"scoring_throughput_{args.device}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(_table(results))

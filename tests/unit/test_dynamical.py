@@ -154,6 +154,19 @@ def test_fast_and_vmap_equal_naive(case, params, monkeypatch):
                                       chunk_size=2), expected)
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("crossover", [0.0, float("inf")], ids=["materialised", "gram"])
+@pytest.mark.parametrize("ip_weight", [2.0, 0.0])
+def test_each_weight_form_equals_naive(case, crossover, ip_weight, monkeypatch):
+    """Every conv / linear weight forced into one form (the crossover decides per layer shape,
+    so the default alone leaves some shapes in one form only), with and without <g_L, g_u>."""
+    model, x, lx, ly = case
+    monkeypatch.setattr(grads.registry, "GRAM_CROSSOVER", {"inner": crossover, "norm": crossover})
+    g_L = labeled_gradient(model, lx, ly, batch_size=4)
+    expected = naive_scores(model, x, g_L, list(g_L), ip_weight)
+    assert_close(dynamical_scores(model, x, ip_weight=ip_weight, g_L=g_L), expected)
+
+
 def test_head_params_are_the_classifier(case):
     model, x, lx, ly = case
     g_L = labeled_gradient(model, lx, ly, params="head")

@@ -78,8 +78,9 @@ def conv_terms(m: nn.Module, a, g, wanted: dict) -> list:
     out = []
     if "weight" in wanted:
         t, o, i = g[0, 0].numel(), m.out_channels // m.groups, m.weight[0].numel()
-        form = gram_weight_terms if use_gram(t, o, i) else materialised_weight_terms
-        out.append(form(m, a, g, wanted["weight"]))
+        v = wanted["weight"]
+        form = gram_weight_terms if use_gram(t, o, i, v is not None) else materialised_weight_terms
+        out.append(form(m, a, g, v))
     if "bias" in wanted:
         out.append(flat_terms(g.flatten(2).sum(2), wanted["bias"]))
     return out

@@ -14,7 +14,7 @@ def linear_terms(m: nn.Module, a, g, wanted: dict) -> list:
     out = []
     if "weight" in wanted:
         v = wanted["weight"]
-        if use_gram(g.shape[1], g.shape[2], a.shape[2]):
+        if use_gram(g.shape[1], g.shape[2], a.shape[2], v is not None):
             out.append((gram_norm(g, a), dot(g, F.linear(a, v)) if v is not None else None))
         else:
             out.append(flat_terms(g.transpose(1, 2) @ a, v))

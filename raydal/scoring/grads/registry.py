@@ -106,8 +106,16 @@ def gram_norm(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return dot(u @ u.transpose(-1, -2), g @ g.transpose(-1, -2))
 
 
-def use_gram(t: int, o: int, i: int) -> bool:
+#: use_gram's crossover: the Gram form when T (o + i) <= factor x o i, with and without the inner
+#: product. Measured per layer (``benchmarks/scoring_throughput.py --profile``, README): for norms
+#: alone the forms cross near T (o + i) = o i; with the inner product the Gram form pays a T o i
+#: matmul more, and it is slower from about half of that (1.5-2x at resnet50's 14x14 layers).
+GRAM_CROSSOVER = {"inner": 0.5, "norm": 1.0}
+
+
+def use_gram(t: int, o: int, i: int, inner: bool) -> bool:
     """Gram form (~T^2 (o+i) flops, B x T x T memory) or materialised per-sample weight gradient
     (~T o i flops, B x o x i memory) for a weight (o, i) used at T positions: the cheaper one
-    (Bu et al.'s mixed ghost norm); the crossover was measured at about T (o + i) = o i."""
-    return t * (o + i) <= o * i
+    (Bu et al.'s mixed ghost norm). inner: the inner product with g_L is wanted too, which
+    costs the Gram form a T o i matmul more and the materialised form almost nothing."""
+    return t * (o + i) <= GRAM_CROSSOVER["inner" if inner else "norm"] * o * i

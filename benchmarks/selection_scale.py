@@ -420,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", help="comma-separated pool sizes (rows)")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     p.add_argument("--data-dir", default=str(ROOT / "data" / "bench" / "selection_scale"))
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "selection_scale.json"))
+    p.add_argument("--out", default=None, help="default: benchmarks/results/selection_scale.json, "
+                   "or under /tmp/raydal-bench/quick with --quick (never over committed results)")
     p.add_argument("--bare-rows", type=int, default=100_000,
                    help="rows timed for the bare (no Ray) reference, extrapolated beyond")
     p.add_argument("--scaling-rows", type=int, default=None,
@@ -480,7 +481,8 @@ def main(argv: list[str] | None = None) -> int:
 
     result["goals"] = goals(result)
     result["total_seconds"] = time.perf_counter() - t_start
-    out = Path(args.out)
+    out = Path(args.out or (Path("/tmp/raydal-bench/quick") if args.quick
+                            else ROOT / "benchmarks" / "results") / "selection_scale.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print()

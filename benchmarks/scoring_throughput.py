@@ -296,7 +296,6 @@ def _profile(cfg: dict, device: str, repeats: int) -> dict:
         layers.append(row)
     out["conv_layers"] = layers
     last = names[captured[-1][0]] + ".weight"
-    yhat = logits.argmax(1)
     out["vmap_one_layer_ms"] = _median_ms(lambda: fallback.per_sample_terms(
         model, x, yhat, [last], g_L, 32, None, torch.float32), 1, sync)
     return out
@@ -356,8 +355,8 @@ def _ratios_only(configs: list[dict], args, out: Path) -> None:
             for k, v in ms.items()), flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"device": args.device, "quick": args.quick,
-                               "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "platform": platform.platform(),
-                               "cpu_count": os.cpu_count(),
+                               "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                               "platform": platform.platform(), "cpu_count": os.cpu_count(),
                                "load_average_at_end": os.getloadavg(), "results": rows},
                               indent=2))
     print(f"wrote {out}")

@@ -105,9 +105,9 @@ def _train_func(config: dict) -> None:
     # pretrained weights only for a fresh start: a checkpoint's weights replace them anyway
     model = create_model(spec, seed=s.seed,
                          pretrained=restored is None and not config["init_checkpoint"])
-    start_epoch = 0
+    start_epoch, earlier_nodes = 0, []
     if restored is not None:  # restarted after a worker failure: continue from the last report
-        weights, start_epoch = restored
+        weights, start_epoch, earlier_nodes = restored
         model.load_state_dict(weights)
     elif config["init_checkpoint"]:
         model.load_state_dict(load_weights(config["init_checkpoint"]))
@@ -119,7 +119,7 @@ def _train_func(config: dict) -> None:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     train_shard = ray.train.get_dataset_shard("train")
-    config["tracker"][0].worker_node.remote(ray.get_runtime_context().get_node_id())
+    nodes = _with_worker_nodes(earlier_nodes)
     tracker = config["tracker"][0] if rank == 0 else None
     curves = worker_curves(config.get("tracking")) if rank == 0 else None
     loss_sum, seen = 0.0, 0
@@ -147,8 +147,8 @@ def _train_func(config: dict) -> None:
         with hooks.registered(*config["hooks"]):  # the driver's hooks (raydal.hooks)
             hooks.point("epoch-end", rank=rank, epoch=epoch + 1)
         if s.checkpoint_every and (epoch + 1) % s.checkpoint_every == 0 and epoch + 1 < s.epochs:
-            _report(model, spec, {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1)},
-                    rank, local_dir)
+            _report(model, spec, {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1),
+                                  "nodes": nodes}, rank, local_dir)
     if curves is not None:
         curves.close()
     # "test" is not split across workers (DataConfig in train_round): rank 0 evaluates every
@@ -159,7 +159,7 @@ def _train_func(config: dict) -> None:
                       if rank == 0 else (0, 0))
     _report(model, spec, {"epoch": s.epochs, "test_accuracy": correct / max(total, 1),
                           "test_count": total, "train_loss": loss_sum / max(seen, 1),
-                          "resumed_from_epoch": start_epoch,
+                          "resumed_from_epoch": start_epoch, "nodes": nodes,
                           "startup_seconds": (first_step or time.time()) - config["started_at"]},
             rank, local_dir)
 
@@ -185,16 +185,36 @@ def _report(model, spec: ModelSpec, metrics: dict, rank: int,
             str(Path(d) / "ckpt")))
 
 
-def _restore(local_dir: Location | None) -> tuple[dict[str, torch.Tensor], int] | None:
-    """(weights, epoch) of the last checkpoint this round reported, or None on a first start:
-    Ray Train's own for a restarted worker group, ``last_epoch_checkpoint`` in local mode."""
+def _with_worker_nodes(earlier: list[str]) -> list[str]:
+    """``earlier`` (the node ids of the attempts before a restart) followed by the node of
+    every worker of this attempt not yet in it. Recorded in each checkpoint's metrics, so the
+    record survives any process that could be lost with a node."""
+    import torch.distributed as dist
+    mine = ray.get_runtime_context().get_node_id()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        every = [None] * dist.get_world_size()
+        dist.all_gather_object(every, mine)
+    else:
+        every = [mine]
+    return list(dict.fromkeys([*earlier, *every]))
+
+
+def _restore(local_dir: Location | None) -> tuple[dict[str, torch.Tensor], int, list[str]] | None:
+    """(weights, epoch, nodes so far) of the last checkpoint this round reported, or None on
+    a first start: Ray Train's own for a restarted worker group, ``last_epoch_checkpoint`` in
+    local mode."""
     import ray.train
     restored = ray.train.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as d:
-            return load_weights(d), read_checkpoint_meta(d)["epoch"]
+            return _restored(d)
     last = last_epoch_checkpoint(local_dir) if local_dir is not None else None
-    return None if last is None else (load_weights(last), read_checkpoint_meta(last)["epoch"])
+    return None if last is None else _restored(last)
+
+
+def _restored(folder: Where) -> tuple[dict[str, torch.Tensor], int, list[str]]:
+    meta = read_checkpoint_meta(folder)
+    return load_weights(folder), meta["epoch"], meta["metrics"].get("nodes", [])
 
 
 def last_epoch_checkpoint(folder: Location) -> Location | None:
@@ -211,14 +231,6 @@ class EpochTracker:
 
     def __init__(self):
         self.state: tuple[int, float | None] = (0, None)
-        self.nodes: list[str] = []  # Ray node ids of the workers, in order of (re)start
-
-    def worker_node(self, node_id: str) -> None:
-        if node_id not in self.nodes:
-            self.nodes.append(node_id)
-
-    def get_nodes(self) -> list[str]:
-        return self.nodes
 
     def update(self, epoch: int, loss: float) -> None:
         self.state = (epoch, loss)
@@ -373,11 +385,10 @@ def train_round(spec: ModelSpec, pool: Pool, labels: Mapping[str, int], test_pat
     fit = start(config, {"train": train_ds, "test": test_ds}, settings, run)
     result_metrics, load = _fit_with_progress(fit, tracker, settings.epochs, progress,
                                               hook_name)
-    nodes = _ask(tracker.get_nodes.remote, [])
     ray.kill(tracker)
-    metrics = {**result_metrics, "seconds": time.perf_counter() - t0, "nodes": nodes}
+    metrics = {**result_metrics, "seconds": time.perf_counter() - t0}
     save_checkpoint(load(), spec, out_checkpoint, {
         "metrics": result_metrics, "num_labeled": len(labels),
-        "train_seconds": metrics["seconds"], "nodes": nodes})
+        "train_seconds": metrics["seconds"], "nodes": result_metrics["nodes"]})
     run.delete()
     return metrics

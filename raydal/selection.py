@@ -144,12 +144,12 @@ class Scorer:
         """Score a block in batches of ``job.batch_size``; pass on the rows that enter the
         block's running top-k (or a set strategy's candidates), skipped rows with their reason,
         and the count of rows scored. Stateless across blocks: a retried block gives the same
-        rows."""
+        rows. An empty block gives the same columns with no rows."""
         running = RunningTopK(self.job.k)
-        n = len(block["id"])
+        starts = range(0, len(block["id"]), self.job.batch_size) or [0]
         outs = [self._score_batch({c: v[s:s + self.job.batch_size] for c, v in block.items()},
-                                  running) for s in range(0, n, self.job.batch_size)]
-        return {c: np.concatenate([o[c] for o in outs]) for c in outs[0]} if outs else {}
+                                  running) for s in starts]
+        return {c: np.concatenate([o[c] for o in outs]) for c in outs[0]}
 
     def _score_batch(self, batch: dict[str, np.ndarray], running: RunningTopK
                      ) -> dict[str, np.ndarray]:

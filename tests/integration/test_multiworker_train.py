@@ -43,6 +43,8 @@ def test_train_round_with_two_workers(ray_cluster, fashion_mnist, tmp_path):
     assert loaded_spec == spec
     meta = read_checkpoint_meta(out)
     assert meta["num_labeled"] == 200 and meta["metrics"]["test_accuracy"] == metrics["test_accuracy"]
+    # both workers' nodes, gathered over the process group: the session cluster has one node
+    assert meta["nodes"] == metrics["nodes"] and len(metrics["nodes"]) == 1, metrics["nodes"]
     # the saved weights are the unwrapped module's (no DDP "module." prefix) and trained
     assert not any(k.startswith("module.") for k in model.state_dict())
     with torch.no_grad():

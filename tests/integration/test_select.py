@@ -1,6 +1,7 @@
 """Distributed selection on a real local Ray cluster equals single-process selection."""
 import numpy as np
 import pyarrow as pa
+import ray
 import pyarrow.parquet as pq
 import pytest
 
@@ -9,7 +10,7 @@ from raydal.merge import top_k
 from raydal.models import ModelSpec, create_model, save_checkpoint
 from raydal.pool import Pool
 from raydal.scoring import create_strategy
-from raydal.selection import iter_labeled_batches
+from raydal.selection import ModelSource, Scorer, ScoringJob, iter_labeled_batches
 from raydal.transforms import InputSpec, decode_rows, to_model_input
 
 pytestmark = pytest.mark.integration
@@ -105,3 +106,38 @@ def test_select_infers_the_input_spec_of_an_array_pool(ray_cluster, setup, tmp_p
     wide = Pool.from_numpy(random_images(4, size=8)[:, :, :6], path=tmp_path / "wide.parquet")
     with pytest.raises(ValueError, match="its images are 8x6 with 1 channels"):
         raydal.select(wide, model, "entropy", budget=2, progress=False)
+
+
+@pytest.mark.parametrize("strategy", ["dynamicAL", "entropy"])
+def test_a_pool_folder_with_an_empty_file_gives_the_single_process_picks(
+        ray_cluster, setup, tmp_path, strategy):
+    """A folder of Parquet parts, one of them with no rows (a shard a writer left empty): its
+    empty block is scored as nothing, and the picks are those of the whole table."""
+    pool, model, ckpt, labels = setup
+    table = pq.read_table(pool.path)
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for name, part in [("a", table.slice(0, 140)), ("b", table.slice(0, 0)),
+                       ("c", table.slice(140))]:
+        pq.write_table(part, folder / f"part-{name}.parquet")
+    want = raydal.select(pool, ckpt, strategy, budget=12, labeled=labels, num_actors=1,
+                         batch_size=64, progress=False)
+    got = raydal.select(Pool(folder), ckpt, strategy, budget=12, labeled=labels, num_actors=2,
+                        batch_size=64, progress=False)
+    assert got.ids == want.ids and got.num_scored == want.num_scored == 300 - len(labels)
+    np.testing.assert_allclose(got.scores, want.scores, rtol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", ["entropy", "badge"])
+def test_an_empty_block_gives_the_columns_of_a_scored_one_with_no_rows(ray_cluster, setup,
+                                                                        strategy):
+    pool, _, ckpt, labels = setup
+    job = ScoringJob("empty-block", ModelSource(checkpoint=str(ckpt)), pool,
+                     create_strategy(strategy), [ray.put(None)],
+                     [ray.put(frozenset(labels))], k=5, batch_size=64)
+    scorer = Scorer(job)
+    rows = pq.read_table(pool.path).slice(0, 40).to_pydict()
+    full = scorer.score_block({c: np.asarray(v, dtype=object) for c, v in rows.items()})
+    empty = scorer.score_block({c: np.asarray([], dtype=object) for c in rows})
+    assert list(empty) == list(full) and len(full["id"]) > 0
+    assert all(len(v) == 0 and v.dtype == full[c].dtype for c, v in empty.items())

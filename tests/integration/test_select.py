@@ -1,9 +1,9 @@
 """Distributed selection on a real local Ray cluster equals single-process selection."""
 import numpy as np
 import pyarrow as pa
-import ray
 import pyarrow.parquet as pq
 import pytest
+import ray
 
 import raydal
 from raydal.merge import top_k
@@ -111,8 +111,9 @@ def test_select_infers_the_input_spec_of_an_array_pool(ray_cluster, setup, tmp_p
 @pytest.mark.parametrize("strategy", ["dynamicAL", "entropy"])
 def test_a_pool_folder_with_an_empty_file_gives_the_single_process_picks(
         ray_cluster, setup, tmp_path, strategy):
-    """A folder of Parquet parts, one of them with no rows (a shard a writer left empty): its
-    empty block is scored as nothing, and the picks are those of the whole table."""
+    """A folder of Parquet parts, one of them with no rows (a shard a writer left empty): the
+    picks are those of the one-file pool. (Whether Ray Data hands the scorers an empty block
+    for that part is its choice; the next test covers the empty block itself.)"""
     pool, model, ckpt, labels = setup
     table = pq.read_table(pool.path)
     folder = tmp_path / "parts"

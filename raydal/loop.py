@@ -34,6 +34,7 @@ from raydal.oracle import (LabelRequest, Oracle, create_oracle, parse_label_file
                            validate_against_picks)
 from raydal.pool import Pool
 from raydal.resources import ensure_schedulable, selection_demand, training_demand
+from raydal.run_dir import claim, remove_derived_data, remove_made, remove_train_attempts
 from raydal.scoring.base import create_strategy
 from raydal.shared_paths import check_shared
 from raydal.storage import (atomic_write_bytes, atomic_write_json, atomic_write_parquet,
@@ -141,14 +142,16 @@ class ActiveLoop:
 
     @contextlib.contextmanager
     def _nothing_left_if_first_run_fails(self):
-        fresh = not self.run_dir.exists()
+        """Refuse a folder that is not raydal's (``raydal.run_dir.claim``); if this run made the
+        folder and fails before buying anything, remove what it wrote."""
+        fresh = claim(self.run_dir)
         try:
             yield
         except RunDirLocked:
             raise  # another driver's directory now
         except BaseException:
             if fresh and not self._bought_anything():
-                self.run_dir.delete()
+                remove_made(self.run_dir)
             raise
 
     def _check_resources(self) -> None:
@@ -189,7 +192,7 @@ class ActiveLoop:
         path = self.run_dir / "config.yaml"
         new = self.config.model_dump(mode="json")
         if not self._bought_anything():  # nothing bought yet: any config may (re)start here
-            (self.run_dir / "data").delete()  # derived from the old data; made again
+            remove_derived_data(self.run_dir)  # derived from the old data; made again
         elif path.exists():
             old = yaml.safe_load(path.read_text()) or {}
             changed = [k for k in _FIXED_ON_RESUME if old.get(k) != new.get(k)]
@@ -313,7 +316,7 @@ class ActiveLoop:
         cfg, t = self.config, self.config.training
         labels = self.labels.labels()
         warm = self.checkpoint_path(r - 1) if cfg.loop.warm_start and r > 0 else None
-        (self.run_dir / "ray_train").delete()  # a killed run's leftovers
+        remove_train_attempts(self.run_dir / "ray_train")  # a killed run's leftovers
         self._check_resources()
         settings = t.settings(seed=cfg.seed + r)
         m = train_round(self.model_spec(data.num_classes), data.pool, labels, data.test,

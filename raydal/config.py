@@ -206,6 +206,20 @@ class TrainingConfig(_Section):
     checkpoint_every: int = Field(0, ge=0, description="epochs between mid-round checkpoints "
                                   "a restarted worker group resumes from (0: end only)")
     max_failures: int = Field(1, ge=0, description="Ray Train worker-group restarts")
+    mixed_precision: str = Field(
+        "none", description="none (float32) or bf16 (autocast to bfloat16 in training and test "
+        "evaluation; weights stay float32). CPUs run it too, fast only with AVX512-BF16/AMX")
+    channels_last: bool = Field(False, description="NHWC weights and inputs in training and "
+                                "test evaluation (faster convolutions on tensor-core GPUs)")
+
+    @field_validator("mixed_precision", mode="before")  # before: YAML null gets the choices too
+    @classmethod
+    def _known_precision(cls, v: Any) -> Any:
+        from raydal.models import mixed_precision_problem
+        problem = mixed_precision_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
     def settings(self, seed: int):
         """The runtime ``TrainSettings``: every field of this section plus the round's seed."""

@@ -8,6 +8,7 @@ checkpoint exists once its meta.json does. Loading never unpickles anything.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load, load_file, save_file
 
+from raydal.errors import ConfigError
 from raydal.fs import Location, Where, resolve
 from raydal.storage import atomic_write_folder
 from raydal.transforms import InputSpec
@@ -150,6 +152,57 @@ def train_mode(model: torch.nn.Module) -> torch.nn.Module:
                 getattr(m, "running_mean", None) is not None:
             m.eval()
     return model
+
+
+#: ``training.mixed_precision`` values: the dtype autocast runs matmuls and convolutions in
+#: (weights, optimiser state and the loss stay float32). No fp16: it would need loss scaling.
+MIXED_PRECISION: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16}
+
+
+def mixed_precision_problem(mixed_precision: str, device: str | torch.device | None = None
+                            ) -> str | None:
+    """Why ``training.mixed_precision`` cannot be ``mixed_precision`` (on ``device``), or None.
+
+    Without ``device`` only the name is checked (config time); with one, also that the device
+    runs bfloat16: a CUDA GPU without it (before Ampere) is refused; a CPU autocasts through
+    oneDNN, slowly where it lacks AVX512-BF16/AMX.
+    """
+    if not isinstance(mixed_precision, str) or mixed_precision not in MIXED_PRECISION:
+        return (f"got {mixed_precision!r}; expected one of {list(MIXED_PRECISION)} (bf16: "
+                "autocast to bfloat16, no loss scaling needed; fp16 is not offered)")
+    device = torch.device(device) if device is not None else None
+    if (mixed_precision == "bf16" and device is not None and device.type == "cuda"
+            and not torch.cuda.is_bf16_supported()):
+        return (f"bf16, but {torch.cuda.get_device_name(device)} has no bfloat16 support; "
+                "set training.mixed_precision: none")
+    return None
+
+
+def check_mixed_precision(mixed_precision: str, device: str | torch.device | None = None) -> None:
+    """ConfigError ``training.mixed_precision: <the problem and its fix>``, if there is one."""
+    problem = mixed_precision_problem(mixed_precision, device)
+    if problem:
+        raise ConfigError(f"training.mixed_precision: {problem}")
+
+
+def autocast(device: str | torch.device, mixed_precision: str):
+    """The autocast context of ``mixed_precision`` on ``device`` (a no-op for "none")."""
+    check_mixed_precision(mixed_precision)
+    dtype = MIXED_PRECISION[mixed_precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """``torch.channels_last`` (NHWC: faster convolutions on tensor cores) or contiguous NCHW."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def with_memory_format(model: torch.nn.Module, channels_last: bool) -> torch.nn.Module:
+    """``model`` with its 4-d weights in the layout of ``channels_last`` (in place); saved
+    checkpoints stay NCHW (``save_checkpoint`` makes every tensor contiguous)."""
+    return model.to(memory_format=memory_format(channels_last)) if channels_last else model
 
 
 def save_checkpoint(model: torch.nn.Module, spec: ModelSpec, path: Where,

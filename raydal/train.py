@@ -21,8 +21,9 @@ import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from raydal.fs import Location, Where, resolve
-from raydal.models import (ModelSpec, create_model, load_checkpoint, load_weights,
-                           read_checkpoint_meta, save_checkpoint, train_mode)
+from raydal.models import (ModelSpec, autocast, check_mixed_precision, create_model,
+                           load_checkpoint, load_weights, memory_format, read_checkpoint_meta,
+                           save_checkpoint, train_mode, with_memory_format)
 from raydal.pool import Pool
 from raydal import hooks
 from raydal.tracking import worker_curves
@@ -42,6 +43,22 @@ class TrainSettings:
     seed: int = 0
     checkpoint_every: int = 0  # epochs between mid-round checkpoints (0: only at the end)
     max_failures: int = 1  # worker-group restarts Ray Train may make (FailureConfig)
+    mixed_precision: str = "none"  # or "bf16": autocast in training and test evaluation
+    channels_last: bool = False  # NHWC weights and inputs in training and test evaluation
+
+    def __post_init__(self):
+        check_mixed_precision(self.mixed_precision)
+
+
+def model_input(images: torch.Tensor | np.ndarray, spec: InputSpec, device: torch.device | str,
+                channels_last: bool = False) -> torch.Tensor:
+    """(B, C, S, S) uint8 images -> the model's normalised float32 input on ``device``, NHWC
+    when ``channels_last``. The uint8 batch travels (a quarter of the float bytes) and is
+    normalised on ``device``."""
+    images = torch.as_tensor(images).to(device, non_blocking=True)
+    with torch.device(device):  # to_model_input's mean/std: made on the images' device
+        x = to_model_input(images, spec)
+    return x.contiguous(memory_format=memory_format(channels_last))
 
 
 def decode_labeled(batch: dict[str, np.ndarray], labels_ref: list, spec: InputSpec,
@@ -111,8 +128,10 @@ def _train_func(config: dict) -> None:
         model.load_state_dict(weights)
     elif config["init_checkpoint"]:
         model.load_state_dict(load_weights(config["init_checkpoint"]))
-    model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
+    check_mixed_precision(s.mixed_precision, device)
+    # NHWC before prepare_model: DDP's gradient buckets take the parameters' strides when built
+    model = ray.train.torch.prepare_model(with_memory_format(model, s.channels_last))
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=s.lr,
                            weight_decay=s.weight_decay)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -124,22 +143,30 @@ def _train_func(config: dict) -> None:
     curves = worker_curves(config.get("tracking")) if rank == 0 else None
     loss_sum, seen = 0.0, 0
     first_step: float | None = None  # wall clock of the first optimiser step
+    epoch_seconds: list[float] = []  # this worker's, from its first batch request to the loss
+    epoch_images: list[int] = []
     for epoch in range(start_epoch, s.epochs):
         train_mode(model)
-        loss_sum, seen = 0.0, 0
+        t_epoch = time.perf_counter()
+        loss_total, seen = torch.zeros((), device=device), 0  # summed on the device: no sync
         for batch in train_shard.iter_torch_batches(
                 batch_size=s.batch_size, local_shuffle_buffer_size=4096,
                 local_shuffle_seed=s.seed * 1000 + epoch, device=device):
-            x = to_model_input(batch["x"], spec.input_spec).to(device)
+            x = model_input(batch["x"], spec.input_spec, device, s.channels_last)
             if len(x) < 2 and seen:  # a batch of 1 breaks BatchNorm; it is one sample of an epoch
                 continue
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), batch["label"])
+            with autocast(device, s.mixed_precision):
+                logits = model(x)
+            loss = loss_fn(logits.float(), batch["label"])
             loss.backward()
             opt.step()
             first_step = first_step or time.time()
-            loss_sum += float(loss) * len(x)
+            loss_total += loss.detach() * len(x)
             seen += len(x)
+        loss_sum = float(loss_total)  # waits for the epoch's last step on a GPU
+        epoch_seconds.append(time.perf_counter() - t_epoch)
+        epoch_images.append(seen)
         if tracker is not None:
             tracker.update.remote(epoch + 1, loss_sum / max(seen, 1))
         if curves is not None:
@@ -155,12 +182,15 @@ def _train_func(config: dict) -> None:
     # row exactly once (an equal split would drop the remainder rows).
     # The unwrapped module: a DDP forward syncs buffers with every rank and would wait forever.
     correct, total = (_evaluate(getattr(model, "module", model),
-                                ray.train.get_dataset_shard("test"), spec, device)
+                                ray.train.get_dataset_shard("test"), spec, device,
+                                s.mixed_precision, s.channels_last)
                       if rank == 0 else (0, 0))
     _report(model, spec, {"epoch": s.epochs, "test_accuracy": correct / max(total, 1),
                           "test_count": total, "train_loss": loss_sum / max(seen, 1),
                           "resumed_from_epoch": start_epoch, "nodes": nodes,
-                          "startup_seconds": (first_step or time.time()) - config["started_at"]},
+                          "startup_seconds": (first_step or time.time()) - config["started_at"],
+                          "epoch_seconds": epoch_seconds, "epoch_images": epoch_images,
+                          "device": str(device)},
             rank, local_dir)
 
 
@@ -286,14 +316,17 @@ def _call(fn):
 
 
 @torch.no_grad()
-def _evaluate(model, shard, spec: ModelSpec, device) -> tuple[int, int]:
+def _evaluate(model, shard, spec: ModelSpec, device, mixed_precision: str = "none",
+              channels_last: bool = False) -> tuple[int, int]:
+    """(correct, total) over ``shard``, with the precision and layout training used."""
     model.eval()
-    correct = total = 0
+    correct, total = torch.zeros((), dtype=torch.int64, device=device), 0
     for batch in shard.iter_torch_batches(batch_size=512, device=device):
-        pred = model(to_model_input(batch["x"], spec.input_spec).to(device)).argmax(dim=1)
-        correct += int((pred == batch["label"]).sum())
-        total += len(pred)
-    return correct, total
+        with autocast(device, mixed_precision):
+            logits = model(model_input(batch["x"], spec.input_spec, device, channels_last))
+        correct += (logits.argmax(dim=1) == batch["label"]).sum()
+        total += len(logits)
+    return int(correct), total
 
 
 def _fit_in_task(config: dict, datasets: dict, run: Location) -> dict:
@@ -366,7 +399,9 @@ def train_round(spec: ModelSpec, pool: Pool, labels: Mapping[str, int], test_pat
 
     Paths are local or URIs. One worker trains in a Ray task (``_one_worker_fit``), more in a
     Ray Train worker group. Metrics: test_accuracy, test_count, train_loss, seconds (wall time
-    of the whole call), startup_seconds (from the call to the first optimiser step).
+    of the whole call), startup_seconds (from the call to the first optimiser step),
+    epoch_seconds and epoch_images (rank 0's wall seconds and images of each epoch this attempt
+    trained: steady-state images/s without the start-up), device (rank 0's torch device).
     """
     t0, started_at = time.perf_counter(), time.time()
     # decoded once for every epoch and restart, and held on the driver's node

@@ -22,7 +22,7 @@ from torch import nn
 from raydal.scoring.grads import conv, embedding, linear, norm  # noqa: F401  (register rules)
 from raydal.scoring.grads import fallback
 from raydal.scoring.grads.common import autocast, device_of, eval_mode, select_params
-from raydal.scoring.grads.onepass import ghost_terms
+from raydal.scoring.grads.onepass import ghost_terms, model_cache
 from raydal.scoring.grads.registry import Rule, Terms, flat_terms, register_rule
 
 __all__ = ["dynamical_scores", "labeled_gradient", "register_rule", "flat_terms", "Rule", "Terms"]
@@ -78,7 +78,7 @@ def dynamical_scores(model: nn.Module, x: torch.Tensor, labeled_x: torch.Tensor 
             if missing:
                 raise ValueError(f"g_L lacks {len(missing)} selected parameters, e.g. {missing[:3]}; "
                                  f"compute it with labeled_gradient(model, ..., params={params!r})")
-            g_L = {n: g_L[n].to(selected[n]) for n in selected}
+            g_L = model_cache(model, selected).device_g_L(g_L, selected)  # cached per selection
         else:
             g_L = None
         cdtype = torch.float64 if any(p.dtype == torch.float64 for p in selected.values()) \

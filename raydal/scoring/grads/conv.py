@@ -2,11 +2,14 @@
 kernel) used at T output positions, in the Gram or the materialised form, whichever is cheaper."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raydal.scoring.grads.registry import dot, flat_terms, gram_norm, register_rule, use_gram
+from raydal.scoring.grads.registry import Block, dot, gram_norm, register_rule, root_terms, \
+    use_gram
 
 
 def _explicit_padding(m: nn.Module, a: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -49,12 +52,14 @@ def _per_sample_weight(m: nn.Module, a: torch.Tensor, g: torch.Tensor) -> torch.
     im2col + batched matmul on CPU)."""
     b = a.shape[0]
     if _pointwise(m):
-        return (g.flatten(2) @ a.flatten(2).transpose(1, 2)).reshape(b, *m.weight.shape)
+        return torch.bmm(g.flatten(2), a.flatten(2).transpose(1, 2))  # (B, o, i)
     a, padding = _explicit_padding(m, a)
     fold = lambda t: t.reshape(1, b * t.shape[1], *t.shape[2:])  # noqa: E731
-    weight_grad = torch.nn.grad.conv1d_weight if a.ndim == 3 else torch.nn.grad.conv2d_weight
-    w = weight_grad(fold(a), (b * m.out_channels, *m.weight.shape[1:]), fold(g), m.stride,
-                    padding, m.dilation, m.groups * b)
+    # what torch.nn.grad.conv{1,2}d_weight call, without their wrappers
+    shape = (b * m.out_channels, *m.weight.shape[1:])
+    w = torch.ops.aten.convolution_backward(
+        fold(g), fold(a), g.new_empty(1).expand(shape), None, m.stride, padding, m.dilation,
+        False, [0], m.groups * b, (False, True, False))[1]
     return w.reshape(b, *m.weight.shape)
 
 
@@ -63,6 +68,10 @@ def gram_weight_terms(m: nn.Module, a, g, v):
     product, u the patches (B, groups, T, i), g the output gradient as (B, groups, T, o)."""
     b, n = g.shape[0], m.groups
     u = patches(m, a)
+    if n == 1:  # plain 3-d batched matmuls
+        u, g = u.squeeze(1), g.reshape(b, m.out_channels, -1).transpose(1, 2)  # (B, T, i), (B, T, o)
+        inner = dot(g, u @ v.reshape(m.out_channels, -1).t()) if v is not None else None
+        return gram_norm(g, u), inner
     g = g.reshape(b, n, m.out_channels // n, -1).transpose(2, 3)
     inner = dot(g, u @ v.reshape(n, -1, u.shape[-1]).transpose(1, 2)) if v is not None else None
     return gram_norm(g, u), inner
@@ -70,17 +79,18 @@ def gram_weight_terms(m: nn.Module, a, g, v):
 
 def materialised_weight_terms(m: nn.Module, a, g, v):
     """Weight terms from the per-sample weight gradients (B, *weight.shape)."""
-    return flat_terms(_per_sample_weight(m, a, g), v)
+    return root_terms(_per_sample_weight(m, a, g), v)
 
 
 @register_rule(nn.Conv1d, nn.Conv2d)
 def conv_terms(m: nn.Module, a, g, wanted: dict) -> list:
     out = []
     if "weight" in wanted:
-        t, o, i = g[0, 0].numel(), m.out_channels // m.groups, m.weight[0].numel()
+        # shape arithmetic, not g[0, 0].numel(): indexing dispatches two ops per layer
+        t, o, i = math.prod(g.shape[2:]), m.out_channels // m.groups, math.prod(m.weight.shape[1:])
         v = wanted["weight"]
         form = gram_weight_terms if use_gram(t, o, i, v is not None) else materialised_weight_terms
         out.append(form(m, a, g, v))
     if "bias" in wanted:
-        out.append(flat_terms(g.flatten(2).sum(2), wanted["bias"]))
+        out.append(Block("bias", g.sum(tuple(range(2, g.ndim)))))
     return out

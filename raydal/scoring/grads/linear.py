@@ -1,23 +1,34 @@
 """nn.Linear over any leading dims: weight (o, i) used at T = positions per sample."""
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raydal.scoring.grads.registry import dot, flat_terms, gram_norm, register_rule, use_gram
+from raydal.scoring.grads.registry import Block, RootTerms, dot, gram_norm, register_rule, \
+    root_terms, use_gram
 
 
 @register_rule(nn.Linear)
 def linear_terms(m: nn.Module, a, g, wanted: dict) -> list:
+    out = []
+    if a.ndim == 2:  # one position (a classifier): the per-sample gradient is the outer product g a^T
+        if "weight" in wanted:
+            v = wanted["weight"]
+            out.append(RootTerms(torch.linalg.vector_norm(a, dim=1)
+                                 * torch.linalg.vector_norm(g, dim=1),
+                                 dot(g, F.linear(a, v)) if v is not None else None))
+        if "bias" in wanted:
+            out.append(Block("bias", g))
+        return out
     b = g.shape[0]
     a, g = a.reshape(b, -1, a.shape[-1]), g.reshape(b, -1, g.shape[-1])  # (B, T, in), (B, T, out)
-    out = []
     if "weight" in wanted:
         v = wanted["weight"]
         if use_gram(g.shape[1], g.shape[2], a.shape[2], v is not None):
             out.append((gram_norm(g, a), dot(g, F.linear(a, v)) if v is not None else None))
         else:
-            out.append(flat_terms(g.transpose(1, 2) @ a, v))
+            out.append(root_terms(torch.bmm(g.transpose(1, 2), a), v))
     if "bias" in wanted:
-        out.append(flat_terms(g.sum(1), wanted["bias"]))
+        out.append(Block("bias", g.sum(1)))
     return out

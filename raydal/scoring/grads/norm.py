@@ -1,11 +1,12 @@
-"""Eval-mode BatchNorm, GroupNorm and LayerNorm: an elementwise affine y = xhat * weight + bias."""
+"""Eval-mode BatchNorm, GroupNorm and LayerNorm: an elementwise affine y = xhat * weight + bias.
+Their per-sample gradients are small (B, C) blocks, handed to the scorer as ``Block``s."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raydal.scoring.grads.registry import flat_terms, register_rule
+from raydal.scoring.grads.registry import Block, register_rule
 
 
 def affine_terms(g_sum: torch.Tensor, g_xhat: torch.Tensor | None, wanted: dict) -> list:
@@ -13,15 +14,19 @@ def affine_terms(g_sum: torch.Tensor, g_xhat: torch.Tensor | None, wanted: dict)
     G over positions g_sum (B, *bias)."""
     out = []
     if "weight" in wanted:
-        out.append(flat_terms(g_xhat, wanted["weight"]))
+        out.append(Block("weight", g_xhat))
     if "bias" in wanted:
-        out.append(flat_terms(g_sum, wanted["bias"]))
+        out.append(Block("bias", g_sum))
     return out
 
 
 def channel_dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(B, C, *S) x (B, C, *S) -> (B, C) sums over positions, in one pass."""
-    return torch.einsum("bcs,bcs->bc", x.flatten(2), y.flatten(2))
+    """(B, C, *S) x (B, C, *S) -> (B, C) sums over positions (a mul and a sum)."""
+    return torch.mul(x, y).sum(tuple(range(2, x.ndim))) if x.ndim > 2 else x * y
+
+
+def _position_sum(g: torch.Tensor) -> torch.Tensor:
+    return g.sum(tuple(range(2, g.ndim))) if g.ndim > 2 else g
 
 
 def _has_running_stats(m: nn.Module) -> bool:
@@ -34,17 +39,21 @@ def _has_running_stats(m: nn.Module) -> bool:
 @register_rule(nn.modules.batchnorm._BatchNorm, applies=_has_running_stats)
 def batchnorm_terms(m: nn.Module, a, g, wanted: dict) -> list:
     # sum_s G (A - mean) rstd = (sum_s G A - mean sum_s G) rstd: no normalised copy of A
-    a, g = a.reshape(*a.shape[:2], -1), g.reshape(*g.shape[:2], -1)
-    g_sum = g.sum(2)
-    g_xhat = ((channel_dot(g, a) - m.running_mean * g_sum) * torch.rsqrt(m.running_var + m.eps)
-              if "weight" in wanted else None)
+    g_sum = _position_sum(g)
+    g_xhat = None
+    if "weight" in wanted:
+        stats = (m.running_mean, m.running_var)
+        if stats[0].dtype != g.dtype:
+            stats = tuple(t.to(g.dtype) for t in stats)
+        g_xhat = torch.addcmul(channel_dot(g, a), stats[0], g_sum, value=-1) \
+            * torch.rsqrt(stats[1] + m.eps)
     return affine_terms(g_sum, g_xhat, wanted)
 
 
 @register_rule(nn.GroupNorm)
 def groupnorm_terms(m: nn.Module, a, g, wanted: dict) -> list:
     xhat = F.group_norm(a, m.num_groups, eps=m.eps)
-    return affine_terms(g.flatten(2).sum(2), channel_dot(g, xhat), wanted)
+    return affine_terms(_position_sum(g), channel_dot(g, xhat), wanted)
 
 
 @register_rule(nn.LayerNorm)
@@ -52,4 +61,4 @@ def layernorm_terms(m: nn.Module, a, g, wanted: dict) -> list:
     shape, b = m.normalized_shape, a.shape[0]
     xhat = F.layer_norm(a, shape, eps=m.eps)
     g, xhat = g.reshape(b, -1, *shape), xhat.reshape(b, -1, *shape)  # (B, positions, *shape)
-    return affine_terms(g.sum(1), torch.einsum("bs...,bs...->b...", g, xhat), wanted)
+    return affine_terms(g.sum(1), torch.mul(g, xhat).sum(1), wanted)

@@ -2,6 +2,7 @@
 each covered layer's input A and output gradient G to its rule."""
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 
 import torch
@@ -9,13 +10,61 @@ import torch.nn.functional as F
 from torch import nn
 
 from raydal.scoring.grads.common import autocast, warn_once
-from raydal.scoring.grads.registry import Rule, flat_terms, rule_for
+from raydal.scoring.grads import registry
+from raydal.scoring.grads.registry import Block, Rule, RootTerms, flat_terms, rule_for
+
+
+class _Collector:
+    """A call's per-parameter pieces, reduced once at the end: (B,) squared norms and inner products
+    stacked and summed, unsquared norms squared together, and the small per-sample blocks
+    concatenated into one (B, K) matrix with one norm and one product against g_L (one or two
+    dispatches each instead of two accumulations per parameter)."""
+
+    def __init__(self):
+        self.norms, self.roots, self.inners, self.blocks, self.block_names = [], [], [], [], []
+
+    def add(self, items, names: dict) -> None:
+        for item in items:
+            if isinstance(item, Block):
+                per_sample = item.per_sample
+                self.blocks.append(per_sample if per_sample.ndim == 2
+                                   else per_sample.reshape(per_sample.shape[0], -1))
+                self.block_names.append(names[item.param])
+            else:
+                norm, inner = item
+                (self.roots if isinstance(item, RootTerms) else self.norms).append(norm)
+                if inner is not None:
+                    self.inners.append(inner)
+
+    def reduce(self, b: int, device, block_vector) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) float64 squared norms and inner products; block_vector(names) -> g_L over the
+        blocks' parameters, flattened and concatenated in their order (None: no inner)."""
+        f64 = torch.float64
+        norms = [torch.stack(self.norms).sum(0, dtype=f64)] if self.norms else []
+        inners = [torch.stack(self.inners).sum(0, dtype=f64)] if self.inners else []
+        if self.roots:
+            norms.append(torch.stack(self.roots).square().sum(0, dtype=f64))
+        if self.blocks:
+            flat = torch.cat(self.blocks, 1) if len(self.blocks) > 1 else self.blocks[0]
+            norms.append(torch.linalg.vector_norm(flat, dim=1, dtype=f64).square())
+            v = block_vector(tuple(self.block_names))
+            if v is not None:
+                inners.append(torch.mv(flat, v).to(f64))
+        zero = lambda: torch.zeros(b, dtype=f64, device=device)  # noqa: E731
+        return _total(norms) if norms else zero(), _total(inners) if inners else zero()
+
+
+def _total(parts: list) -> torch.Tensor:
+    out = parts[0]
+    for p in parts[1:]:
+        out = out + p
+    return out
 
 
 class _Site:
     """One covered module: captures its input A, hooks its output (its tap child's input for timm
-    norm+act modules) and, when that output's gradient G arrives in the backward pass, adds the
-    module's per-sample terms to the accumulators.
+    norm+act modules) and, when that output's gradient G arrives in the backward pass, hands the
+    module's per-sample terms to the collector.
 
     The backward pass runs towards the zero probe (and the loose copies) only, so it computes no
     weight gradients. An output whose input is a graph root (the model's input, token ids) gets
@@ -23,8 +72,10 @@ class _Site:
     unless the model has a branch that starts from parameters alone; ``probe_all`` covers that
     case (``fired`` tells)."""
 
-    def __init__(self, module: nn.Module, rule: Rule, wanted: dict, acc: tuple, cdtype):
-        self.module, self.rule, self.wanted, self.acc, self.cdtype = module, rule, wanted, acc, cdtype
+    def __init__(self, module: nn.Module, rule: Rule, wanted: dict, names: dict,
+                 collector: _Collector, cdtype):
+        self.module, self.rule, self.wanted, self.names = module, rule, wanted, names
+        self.collector, self.cdtype = collector, cdtype
         self.calls, self.batch, self.a, self.root_input, self.fired = 0, None, None, False, False
 
     def attach(self, tap: str | None, probe: torch.Tensor, local_grad: bool,
@@ -45,9 +96,11 @@ class _Site:
         return handles
 
     def _capture(self, args) -> None:
+        # kept as it is, not detached (a dispatch per layer): the rules run inside the backward
+        # pass, where grad mode is off, so they build no graph on it
         self.calls += 1
-        self.root_input = not args[0].requires_grad
-        self.a = args[0].detach()
+        self.a = args[0]
+        self.root_input = not self.a.requires_grad
         self.batch = self.a.shape[0]
 
     def _tap(self, out: torch.Tensor) -> torch.Tensor:
@@ -65,12 +118,13 @@ class _Site:
         if a._version != version:
             raise RuntimeError(f"the input of {type(self.module).__name__} was modified in place "
                                "after the layer ran; per-sample gradients would be wrong")
+        cdtype = self.cdtype
         with torch.autocast(g.device.type, enabled=False):
-            a = a.to(self.cdtype) if a.is_floating_point() else a
-            for norm, inner in self.rule(self.module, a, g.to(self.cdtype), self.wanted):
-                self.acc[0].add_(norm)
-                if inner is not None:
-                    self.acc[1].add_(inner)
+            if a.is_floating_point() and a.dtype != cdtype:
+                a = a.to(cdtype)
+            if g.dtype != cdtype:
+                g = g.to(cdtype)
+            self.collector.add(self.rule(self.module, a, g, self.wanted), self.names)
 
 
 def _set_grad(enabled: bool) -> None:  # a hook that returns None leaves the inputs as they are
@@ -108,20 +162,92 @@ def _plan(model: nn.Module, selected: dict) -> tuple[list, dict, list]:
     return sites, loose, rest
 
 
-def ghost_terms(model, x, selected, g_L, autocast_dtype, cdtype, local_grad, probe_all=False):
+class ModelCache:
+    """What a model's scoring calls share: the plan (walking the modules and looking up rules
+    each call costs host time), g_L on the parameters' device (converted once per selection,
+    not per call: on a GPU 161 pageable host-to-device copies a call otherwise) and the g_L
+    vectors over each call's blocks, in the order the backward pass hands them over. The device
+    buffers are filled in place when g_L changes, so a captured CUDA graph keeps reading them."""
+
+    def __init__(self):
+        self.plan_key, self.plan = None, None
+        self.g_L_key, self.g_L_src, self.g_L = None, None, {}
+        self.vectors: dict[tuple, torch.Tensor] = {}
+
+    def plan_for(self, model: nn.Module, selected: dict) -> tuple[list, dict, list]:
+        key = (registry.version, id(registry._RULES), tuple(selected),
+               tuple(id(p) for p in selected.values()))
+        if key != self.plan_key:
+            self.plan, self.plan_key = _plan(model, selected), key
+            self.vectors.clear()
+        sites, loose, rest = self.plan
+        return sites, loose, list(rest)
+
+    def device_g_L(self, g_L: dict, selected: dict) -> dict:
+        """{name: g_L slice with the parameter's dtype and device} for the selected names."""
+        key = (id(g_L), tuple((id(g_L[n]), g_L[n]._version, p.dtype, p.device)
+                              for n, p in selected.items()))
+        if key == self.g_L_key:
+            return self.g_L
+        out = {}
+        for n, p in selected.items():
+            src, old = g_L[n].detach(), self.g_L.get(n)
+            if src.dtype == p.dtype and src.device == p.device and p.device.type == "cpu":
+                out[n] = src  # nothing to convert, and no graph on the CPU to keep buffers for
+            elif old is not None and old.shape == src.shape and old.dtype == p.dtype \
+                    and old.device == p.device and old.device.type != "cpu":
+                out[n] = old.copy_(src)  # our own buffer, in place: a captured graph reads it
+            else:
+                out[n] = src.to(device=p.device, dtype=p.dtype, copy=True)
+        self.g_L, self.g_L_src, self.g_L_key = out, g_L, key
+        for names, v in list(self.vectors.items()):
+            self.vectors[names] = self._concat(names, v)
+        return out
+
+    def block_vector(self, names: tuple) -> torch.Tensor:
+        v = self.vectors.get(names)
+        if v is None:
+            v = self.vectors[names] = self._concat(names, None)
+        return v
+
+    def _concat(self, names: tuple, out: torch.Tensor | None) -> torch.Tensor:
+        parts = [self.g_L[n].reshape(-1) for n in names]
+        if out is not None and out.numel() == sum(p.numel() for p in parts) \
+                and out.dtype == parts[0].dtype and out.device == parts[0].device:
+            return torch.cat(parts, out=out)
+        return torch.cat(parts)
+
+
+_CACHES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def model_cache(model: nn.Module, selected: dict) -> ModelCache:
+    """The cache of this model and parameter selection (dropped with the model)."""
+    per_model = _CACHES.get(model)
+    if per_model is None:
+        per_model = _CACHES[model] = {}
+    key = tuple(selected)
+    if key not in per_model:
+        per_model[key] = ModelCache()
+    return per_model[key]
+
+
+def ghost_terms(model, x, selected, g_L, autocast_dtype, cdtype, local_grad, probe_all=False,
+                cache: ModelCache | None = None):
     """One forward + one backward of the summed pseudo-label loss. Returns ((B,) float64 squared
     norms, (B,) float64 inner products, (B,) pseudo-labels, names left to the fallback), or None
     when local_grad cut the graph (the logits are not a function of the hooked modules). A site
     the backward pass missed (a branch that starts from parameters alone) makes it run again
-    with the probe on every site."""
+    with the probe on every site. g_L: on the parameters' devices (``ModelCache.device_g_L``)
+    or None. No host synchronisation: a CUDA graph can capture it."""
     b = x.shape[0]
-    acc = (torch.zeros(b, dtype=torch.float64, device=x.device),
-           torch.zeros(b, dtype=torch.float64, device=x.device))
-    plan, loose, rest = _plan(model, selected)
+    cache = cache if cache is not None else model_cache(model, selected)
+    plan, loose, rest = cache.plan_for(model, selected)
     wanted = lambda full: g_L[full] if g_L is not None else None  # noqa: E731
     probe = torch.zeros((), dtype=cdtype, device=x.device, requires_grad=True)
-    sites = [(_Site(m, rule, {s: wanted(f) for s, f in names.items()}, acc, cdtype), tap, names)
-             for m, rule, tap, names in plan]
+    collector = _Collector()
+    sites = [(_Site(m, rule, {s: wanted(f) for s, f in names.items()}, names, collector, cdtype),
+              tap, names) for m, rule, tap, names in plan]
     # a loose parameter p (1, ...) is swapped for a per-sample copy (B, ...): its gradient is then
     # the per-sample gradient, given that the model broadcasts it over the batch
     copies = {n: p.detach().expand(b, *p.shape[1:]).clone().requires_grad_() for n, p in loose.items()}
@@ -130,9 +256,11 @@ def ghost_terms(model, x, selected, g_L, autocast_dtype, cdtype, local_grad, pro
     missed = False
     try:
         with torch.set_grad_enabled(not local_grad), autocast(x, autocast_dtype):
-            logits = torch.func.functional_call(model, copies, (x,), strict=False)
+            logits = torch.func.functional_call(model, copies, (x,), strict=False) if copies \
+                else model(x)
         yhat = logits.argmax(1)
-        loss = F.cross_entropy(logits.to(cdtype), yhat, reduction="sum")
+        loss = F.cross_entropy(logits if logits.dtype == cdtype else logits.to(cdtype), yhat,
+                               reduction="sum")
         if local_grad and not loss.requires_grad:
             return None
         for site, _, names in sites:
@@ -148,14 +276,14 @@ def ghost_terms(model, x, selected, g_L, autocast_dtype, cdtype, local_grad, pro
             missed = any(site.wanted and not site.fired for site, _, _ in sites)
             for name, g in zip(copies, grads[1:]):
                 if g is not None:
-                    norm, inner = flat_terms(g.to(cdtype), wanted(name))
-                    acc[0].add_(norm)
-                    if inner is not None:
-                        acc[1].add_(inner)
+                    collector.add([flat_terms(g if g.dtype == cdtype else g.to(cdtype),
+                                              wanted(name))], {})
     finally:
         for h in handles:
             h.remove()
     if missed and not probe_all:
         return ghost_terms(model, x, selected, g_L, autocast_dtype, cdtype, local_grad,
-                           probe_all=True)
-    return acc[0], acc[1], yhat, rest
+                           probe_all=True, cache=cache)
+    norm, inner = collector.reduce(b, x.device,
+                                   cache.block_vector if g_L is not None else lambda names: None)
+    return norm, inner, yhat, rest

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 import torch
 from torch import nn
@@ -36,6 +36,8 @@ class RuleSpec:
 
 
 _RULES: dict[type, RuleSpec] = {}
+#: bumped by every registration: cached per-model plans (``onepass``) are rebuilt after it
+version = 0
 
 
 def register_rule(*module_types: type, params: tuple[str, ...] = ("weight", "bias"),
@@ -63,6 +65,8 @@ def register_rule(*module_types: type, params: tuple[str, ...] = ("weight", "bia
         raise TypeError(f"params must be a non-empty tuple of parameter names, got {params!r}")
 
     def decorator(rule: Rule) -> Rule:
+        global version
+        version += 1
         for t in module_types:
             _RULES[t] = RuleSpec(rule, tuple(params), tap, applies)
         return rule
@@ -88,21 +92,49 @@ def rule_for(module: nn.Module) -> RuleSpec | None:
 
 # --- contractions shared by the rules ------------------------------------------------------------
 
+class Block(NamedTuple):
+    """A small per-sample gradient (B, k) of the parameter named ``param`` (a short name, as in
+    ``wanted``): built-in rules hand these over instead of Terms, and the scorer concatenates all
+    of a call's blocks and reduces them with one norm and one matrix-vector product against g_L
+    flattened once per selection (bias, norm affine: one Terms pair per parameter would cost two
+    reductions and two accumulations each)."""
+
+    param: str
+    per_sample: torch.Tensor
+
+
+class RootTerms(NamedTuple):
+    """Terms whose norm is NOT squared yet ((B,) ||g_u||): the scorer squares all of them at once."""
+
+    root: torch.Tensor
+    inner: "torch.Tensor | None"
+
+
 def flat_terms(per_sample: torch.Tensor, v: torch.Tensor | None) -> Terms:
     """per_sample (B, ...) gradients, v (...) -> ((B,) squared norms, (B,) <., v> or None)."""
     flat = per_sample.reshape(per_sample.shape[0], -1)
     # vector_norm is one vectorised pass; square().sum() makes two
     return torch.linalg.vector_norm(flat, dim=1).square(), \
-        (flat @ v.reshape(-1) if v is not None else None)
+        (torch.mv(flat, v.reshape(-1)) if v is not None else None)
+
+
+def root_terms(per_sample: torch.Tensor, v: torch.Tensor | None) -> RootTerms:
+    """flat_terms with the norm left unsquared (the scorer squares all of a call's at once)."""
+    flat = per_sample.reshape(per_sample.shape[0], -1)
+    return RootTerms(torch.linalg.vector_norm(flat, dim=1),
+                     torch.mv(flat, v.reshape(-1)) if v is not None else None)
 
 
 def dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(B, ...) x (B, ...) -> (B,) per-sample inner products."""
-    return torch.einsum("bi,bi->b", x.flatten(1), y.flatten(1))  # one pass, no B x ... product
+    """(B, ...) x (B, ...) -> (B,) per-sample inner products (a mul and a sum: einsum would
+    dispatch a permute, reshapes and a bmm)."""
+    return torch.mul(x, y).sum(tuple(range(1, x.ndim))) if x.ndim > 1 else x * y
 
 
 def gram_norm(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """||sum_t g_t u_t^T||^2 = <u u^T, g g^T> per sample; g (B, [n,] T, o), u (B, [n,] T, i)."""
+    if g.ndim == 3:
+        return dot(torch.bmm(u, u.transpose(1, 2)), torch.bmm(g, g.transpose(1, 2)))
     return dot(u @ u.transpose(-1, -2), g @ g.transpose(-1, -2))
 
 

@@ -18,8 +18,10 @@ from raydal.errors import ResourceError
 
 log = logging.getLogger("raydal")
 
-#: CPUs that Ray Data's read tasks need beside the scoring actors (one task at a time).
+#: CPUs that Ray Data's read tasks (fused pipeline) or a decode task (staged pipeline) need
+#: beside the scorers: one task at a time at least; more run on whatever CPUs are free.
 READ_TASK_CPUS = 1.0
+DECODE_TASK_CPUS = 1.0
 
 
 @dataclass(frozen=True)
@@ -40,11 +42,15 @@ class Demand:
         return self.count * self.cpus + self.spare_cpus
 
 
-def selection_demand(num_actors: int, cpus_per_actor: float, gpus_per_actor: float) -> Demand:
+def selection_demand(num_actors: int, cpus_per_actor: float, gpus_per_actor: float,
+                     pipeline: str = "fused") -> Demand:
+    """The scorers plus one CPU task beside them: Ray Data's read tasks when the scorers decode
+    (``pipeline`` "fused"), a decode task (which also reads) when they do not ("staged")."""
+    spare, what = ((DECODE_TASK_CPUS, "a decode task (more run on free CPUs)")
+                   if pipeline == "staged" else (READ_TASK_CPUS, "Ray Data's read tasks"))
     return Demand(f"selection.num_actors={num_actors} x (num_cpus_per_actor={cpus_per_actor:g}"
-                  f", num_gpus_per_actor={gpus_per_actor:g}) + {READ_TASK_CPUS:g} CPU for Ray "
-                  "Data's read tasks", num_actors, cpus_per_actor, gpus_per_actor,
-                  READ_TASK_CPUS)
+                  f", num_gpus_per_actor={gpus_per_actor:g}) + {spare:g} CPU for {what}",
+                  num_actors, cpus_per_actor, gpus_per_actor, spare)
 
 
 def training_demand(num_workers: int, cpus_per_worker: float, use_gpu: bool) -> Demand:

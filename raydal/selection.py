@@ -1,15 +1,31 @@
-"""Distributed selection: Ray Data streams the pool through scoring tasks; the driver merges.
+"""Distributed selection: Ray Data streams the pool through decoding and scoring; the driver
+merges.
 
-pool --read_parquet--> score_block tasks (drop labeled ids, decode, score, RunningTopK per block)
-     --(id, score) rows that enter the block's running top-k--> driver StreamingTopK
-     --> exact global top-k.
-The tasks run in Ray's pooled worker processes, at most ``num_actors`` at a time; a process keeps
-the selection's model once loaded (``score_block``), and the processes outlive the selection, so
-later rounds start without new processes or imports. A task whose process dies is retried by
-Ray Data; a block's output does not depend on the process that scored it.
-Set-based strategies (BADGE, Coreset; raydal.scoring.diversity): the tasks embed each batch and
-keep its ``candidates`` (rows + features), the driver's StreamingCandidates reduces their union
-and runs ``pick`` -- an approximation of the single-process algorithm, measured in that module.
+Two pipelines, the same picks (``select(pipeline=)``; "auto" takes "staged" when the scorers
+use GPUs, "fused" on CPUs only; measured in benchmarks/pipeline_efficiency.py):
+
+staged (Ray's heterogeneous batch inference):
+  pool --read_parquet--> decode_block tasks (CPU, 1 each, as many as free CPUs allow: drop
+  labeled ids, decode + resize to uint8 (N, C, S, S), a status for unreadable rows)
+  --decoded blocks through the object store--> ScoreActor pool (ActorPoolStrategy, num_gpus
+  each; model, strategy context loaded once per actor; pinned host memory, non-blocking copy,
+  normalised on the device; RunningTopK per call) --> driver StreamingTopK.
+  Decoding never waits for the GPU and the number of decoders is not tied to the scorers.
+
+fused:
+  pool --read_parquet--> score_block tasks (drop labeled ids, decode, score, RunningTopK per
+  block) --> driver StreamingTopK.
+  The tasks run in Ray's pooled worker processes, at most ``num_actors`` at a time; a process
+  keeps the selection's model once loaded (``score_block``), and the processes outlive the
+  selection, so later rounds start without new processes or imports (an actor pool starts new
+  processes, importing torch, every selection).
+
+Either way a call's output does not depend on the process that ran it, so a task or actor
+that dies is retried by Ray Data with the same rows; the driver's merge is exact
+(raydal.merge). Set-based strategies (BADGE, Coreset; raydal.scoring.diversity): the scorers
+embed each batch and keep its ``candidates`` (rows + features), the driver's
+StreamingCandidates reduces their union and runs ``pick`` -- an approximation of the
+single-process algorithm, measured in that module.
 """
 from __future__ import annotations
 
@@ -34,7 +50,7 @@ from raydal.resources import schedulable, selection_demand
 from raydal.scoring.base import Strategy, create_strategy
 from raydal.scoring.diversity import SetStrategy, StreamingCandidates, features_from_bytes
 from raydal.shared_paths import check_shared
-from raydal.transforms import InputSpec, to_model_input
+from raydal.transforms import InputSpec, normalise, to_model_input
 
 log = logging.getLogger("raydal")
 
@@ -51,6 +67,7 @@ class Selection:
     startup_seconds: float = 0.0  # until the first scored batch reached the driver
     startup_rows: int = 0         # rows scored (or skipped) in that first batch
     nodes: list[str] = field(default_factory=list)  # Ray node ids of the scoring tasks
+    pipeline: str = ""            # "staged" or "fused" (see the module docstring)
 
     def to_table(self) -> pa.Table:
         return pa.table({"id": pa.array(self.ids, pa.string()),
@@ -106,22 +123,24 @@ def _device(num_gpus: float) -> str:
     return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
 
 
-# ---- scoring tasks in pooled worker processes -----------------------------------------------
+# ---- scorers ---------------------------------------------------------------------------------
 #: status of an output row that is neither a candidate ("") nor a skipped image (the reason).
 COUNT_ONLY = "\x00count-only"
+PIPELINES = ("auto", "staged", "fused")
 
 
 @dataclass
 class ScoringJob:
-    """What a scoring task needs. ``token`` names one selection: a worker process loads the
-    model, the strategy's context and the labeled ids once per token (see ``score_block``)."""
+    """What a scorer needs. ``token`` names one selection: a worker process loads the model, the
+    strategy's context and the labeled ids once per token (see ``score_block``).
+    ``labeled_ref`` is None in the staged pipeline (the decode tasks drop labeled rows)."""
 
     token: str
     source: ModelSource
     pool: Pool  # decodes its batches (Pool.decode)
     strategy: Strategy
     context_ref: list  # [ObjectRef] of strategy.prepare's result (wrapped: resolved in a task)
-    labeled_ref: list  # [ObjectRef] of the labeled ids' frozenset
+    labeled_ref: list | None  # [ObjectRef] of the labeled ids' frozenset
     k: int
     batch_size: int
     num_gpus: float = 0.0
@@ -137,35 +156,68 @@ class Scorer:
         self.model, self.spec = (job.source.load(self.device) if job.strategy.needs_model
                                  else (None, job.source.spec()))
         self.context = ray.get(job.context_ref[0])
-        self.labeled = ray.get(job.labeled_ref[0])
+        self.labeled = ray.get(job.labeled_ref[0]) if job.labeled_ref else frozenset()
         self.node = ray.get_runtime_context().get_node_id()
 
     def score_block(self, block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Score a block in batches of ``job.batch_size``; pass on the rows that enter the
-        block's running top-k (or a set strategy's candidates), skipped rows with their reason,
-        and the count of rows scored. Stateless across blocks: a retried block gives the same
-        rows. An empty block gives the same columns with no rows."""
+        """Fused pipeline: score a block of encoded rows (id, image|path) in batches of
+        ``job.batch_size``; pass on the rows that enter the block's running top-k (or a set
+        strategy's candidates), skipped rows with their reason, and the count of rows scored.
+        Stateless across blocks: a retried block gives the same rows. An empty block gives the
+        same columns with no rows."""
         running = RunningTopK(self.job.k)
         starts = range(0, len(block["id"]), self.job.batch_size) or [0]
-        outs = [self._score_batch({c: v[s:s + self.job.batch_size] for c, v in block.items()},
-                                  running) for s in starts]
-        return {c: np.concatenate([o[c] for o in outs]) for c in outs[0]}
+        outs = [self._decode_and_score({c: v[s:s + self.job.batch_size]
+                                        for c, v in block.items()}, running) for s in starts]
+        return _concat(outs)
 
-    def _score_batch(self, batch: dict[str, np.ndarray], running: RunningTopK
-                     ) -> dict[str, np.ndarray]:
+    def score_decoded(self, block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Staged pipeline: the same for a block of ``decode_block``'s output (id, image uint8
+        (N, C, S, S), status)."""
+        running = RunningTopK(self.job.k)
+        b = self.job.batch_size
+        outs = []
+        for s in range(0, len(block["id"]), b) or [0]:
+            ids = np.asarray(block["id"][s:s + b], dtype=object)
+            status = block["status"][s:s + b]
+            ok = [i for i, st in enumerate(status) if st == ""]
+            bad = [(i, str(st)) for i, st in enumerate(status) if st != ""]
+            images = block["image"][s:s + b]
+            arr = images if len(ok) == len(images) else images[ok]
+            outs.append(self._score_rows(ids, arr, ok, bad, running))
+        return _concat(outs)
+
+    def _decode_and_score(self, batch: dict[str, np.ndarray], running: RunningTopK
+                          ) -> dict[str, np.ndarray]:
         ids = np.asarray([str(i) for i in batch["id"]], dtype=object)
         fresh = np.fromiter((i not in self.labeled for i in ids), bool, len(ids))
         ids = ids[fresh]
         arr, ok, bad = self.job.pool.decode(batch, self.spec, fresh)
+        return self._score_rows(ids, arr, ok, bad, running)
+
+    def _input(self, arr: np.ndarray) -> torch.Tensor:
+        """(N, C, S, S) uint8 -> the model's normalised float input on the scorer's device:
+        copied as uint8 (4x fewer bytes than float) from pinned memory without blocking, and
+        normalised there."""
+        if not arr.flags.writeable:  # a zero-copy view of the object store: torch wants a copy
+            arr = arr.copy()
+        x = torch.from_numpy(np.ascontiguousarray(arr))
+        if self.device != "cpu":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        return normalise(x, self.spec)
+
+    def _score_rows(self, ids: np.ndarray, arr: np.ndarray, ok: list[int],
+                    bad: list[tuple[int, str]], running: RunningTopK) -> dict[str, np.ndarray]:
+        """ids (N,) of a batch; arr (len(ok), C, S, S) uint8 images of its rows ``ok``; ``bad``
+        (index, reason) of the rest."""
         out_ids: list[str] = []
         out_scores: list[float] = []
         out_feats: list[bytes] = []
         if ok and isinstance(self.strategy, SetStrategy):
             out_ids, out_scores, out_feats = self._set_candidates(arr, [ids[i] for i in ok])
         elif ok:
-            x = to_model_input(arr, self.spec).to(self.device)
             ok_ids = [ids[i] for i in ok]
-            scores = self.strategy.score(self.model, x, ok_ids, self.context)
+            scores = self.strategy.score(self.model, self._input(arr), ok_ids, self.context)
             top_ids, top_scores = running.admit(np.asarray(ok_ids, dtype=str),
                                                 scores.detach().double().cpu().numpy())
             out_ids, out_scores = top_ids.tolist(), top_scores.tolist()
@@ -186,8 +238,7 @@ class Scorer:
                         ) -> tuple[list[str], list[float], list[bytes]]:
         """Set-based strategy: the batch's candidate ids, placeholder scores 0 and features as
         float32 bytes (bytes, not a tensor column: bad rows need an empty value)."""
-        x = to_model_input(arr, self.spec).to(self.device)
-        feats = self.strategy.embed(self.model, x, ok_ids, self.context)
+        feats = self.strategy.embed(self.model, self._input(arr), ok_ids, self.context)
         keep = self.strategy.candidates(np.asarray(ok_ids, dtype=str), feats,
                                         self.strategy.num_candidates(self.job.k), self.context)
         return ([ok_ids[i] for i in keep], [0.0] * len(keep),
@@ -199,12 +250,17 @@ class Scorer:
         return {"features": np.asarray(feats + [b""] * num_bad, dtype=object)}
 
 
+def _concat(outs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {c: np.concatenate([o[c] for o in outs]) for c in outs[0]}
+
+
 #: This worker process's Scorer of the current selection (one entry; a new token replaces it).
 _SCORERS: dict[str, Scorer] = {}
 
 
 def score_block(block: dict[str, np.ndarray], job: ScoringJob) -> dict[str, np.ndarray]:
-    """``map_batches`` function, one call per block, run as a Ray task in a pooled worker.
+    """Fused pipeline's ``map_batches`` function, one call per block, run as a Ray task in a
+    pooled worker.
 
     Pooled workers outlive a selection (and run the training task too), so from the second
     round on, scoring starts in processes that have torch and timm imported; only the model of
@@ -215,6 +271,58 @@ def score_block(block: dict[str, np.ndarray], job: ScoringJob) -> dict[str, np.n
         scorer = _SCORERS[job.token] = Scorer(job)
     torch.set_num_threads(job.num_threads)
     return scorer.score_block(block)
+
+
+class ScoreActor:
+    """Staged pipeline's scorer: a ``map_batches`` callable class run in an actor pool; model,
+    strategy context and device set up once in ``__init__``, each call scores a block of
+    decoded rows (``Scorer.score_decoded``)."""
+
+    def __init__(self, job: ScoringJob):
+        torch.set_num_threads(job.num_threads)
+        self.scorer = Scorer(job)
+
+    def __call__(self, block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.scorer.score_decoded(block)
+
+
+# ---- decode tasks (staged pipeline) -----------------------------------------------------------
+@dataclass
+class DecodeJob:
+    """What a decode task needs: the pool (its image column), the model's InputSpec and the
+    labeled ids to drop (loaded once per process and ``token``)."""
+
+    token: str
+    pool: Pool
+    spec: InputSpec
+    labeled_ref: list  # [ObjectRef] of the labeled ids' frozenset
+
+
+#: This worker process's labeled ids of the current selection (one entry, as _SCORERS).
+_LABELED: dict[str, frozenset] = {}
+
+
+def decode_block(block: dict[str, np.ndarray], job: DecodeJob) -> dict[str, np.ndarray]:
+    """Staged pipeline's CPU stage: a block of encoded rows (id, image|path) -> its unlabeled
+    rows decoded: id (N,) str, image (N, C, S, S) uint8 (zeros for an unreadable row), status
+    (N,) str ("" or why the row cannot be used). No torch: a decode task needs no GPU and no
+    model."""
+    labeled = _LABELED.get(job.token)
+    if labeled is None:
+        _LABELED.clear()
+        labeled = _LABELED[job.token] = ray.get(job.labeled_ref[0])
+    ids = np.asarray([str(i) for i in block["id"]], dtype=object)
+    fresh = np.fromiter((i not in labeled for i in ids), bool, len(ids))
+    ids = ids[fresh]
+    arr, ok, bad = job.pool.decode(block, job.spec, fresh)
+    if len(ok) != len(ids):
+        images = np.zeros((len(ids), *arr.shape[1:]), np.uint8)
+        images[ok] = arr
+        arr = images
+    status = np.full(len(ids), "", dtype=object)
+    for i, reason in bad:
+        status[i] = reason
+    return {"id": ids, "image": arr, "status": status}
 
 
 # ---- labeled-set context (runs as a Ray task, next to the data, not on the driver) -----------
@@ -274,32 +382,60 @@ BLOCKS_PER_SCORER = 32
 
 
 # ---- public entry point ----------------------------------------------------------------------
+def pipeline_for(pipeline: str, num_gpus_per_actor: float) -> str:
+    """"staged" or "fused" for ``select(pipeline=)``: "auto" is staged when the scorers use
+    GPUs (the decoders then keep the GPU fed) and fused on CPUs only, where the pooled tasks'
+    kept processes start faster and the CPUs are shared by decoding and scoring anyway
+    (benchmarks/pipeline_efficiency.py)."""
+    if pipeline not in PIPELINES:
+        raise ValueError(f"pipeline must be one of {', '.join(map(repr, PIPELINES))}, got "
+                         f"{pipeline!r}")
+    if pipeline == "auto":
+        return "staged" if num_gpus_per_actor > 0 else "fused"
+    return pipeline
+
+
 def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None = None,
            strategy: str | Strategy = "dynamicAL", budget: int = 100,
            labeled: Mapping[str, int] | Sequence[str] | None = None, *,
            strategy_options: dict[str, Any] | None = None, num_actors: int = 2,
            batch_size: int = 256, num_gpus_per_actor: float = 0.0,
            num_cpus_per_actor: float = 0.5, input_spec: InputSpec | None = None,
-           progress: bool = True, resource_wait_s: float = 0.0) -> Selection:
+           progress: bool = True, resource_wait_s: float = 0.0, pipeline: str = "auto",
+           decode_tasks: int | None = None) -> Selection:
     """Pick the ``budget`` best unlabeled samples of ``pool``.
 
     model: a raydal checkpoint folder, or a torch module; a module needs ``input_spec`` unless
     the pool knows it (``Pool.input_spec``: square 1- or 3-channel arrays of ``from_numpy``,
     fed at their own size).
     labeled: id -> label of the labeled set (labels are needed by dynamicAL), or just ids.
-    The result is identical for any ``num_actors`` and ``batch_size``.
-    num_actors: scoring tasks at a time (the name is kept from when they were actors).
+    The result is identical for any ``pipeline``, ``num_actors``, ``decode_tasks`` and
+    ``batch_size``.
+    pipeline: "staged" (CPU decode tasks, then an actor pool of scorers), "fused" (tasks that
+    decode and score) or "auto" (staged when ``num_gpus_per_actor`` > 0); see the module
+    docstring.
+    num_actors: scorers at a time (actors when staged, pooled tasks when fused).
     num_cpus_per_actor is Ray's logical reservation of each; each runs max(1, int(it)) torch
-    threads. The scorers must leave a CPU free for Ray Data's read tasks: a request the cluster
-    cannot place raises ResourceError (after waiting up to ``resource_wait_s`` seconds for an
-    autoscaling cluster to grow). SelectionError if no unlabeled image could be used.
+    threads. decode_tasks (staged): most decode tasks at a time, 1 CPU each; default as many
+    as the CPUs the scorers leave free. The scorers must leave a CPU free for a decode (staged)
+    or read (fused) task: a request the cluster cannot place raises ResourceError (after
+    waiting up to ``resource_wait_s`` seconds for an autoscaling cluster to grow).
+    SelectionError if no unlabeled image could be used.
+    Ray is started (or joined: RAY_ADDRESS, then the last ``ray start``) if this process has
+    not done so (``raydal.connect``).
     """
     t0 = time.perf_counter()
     if budget < 1:
         raise ValueError(f"budget must be a positive int, got {budget}")
     if num_actors < 1:
         raise ValueError(f"num_actors must be a positive int, got {num_actors}")
-    demand = selection_demand(num_actors, num_cpus_per_actor, num_gpus_per_actor)
+    if decode_tasks is not None and decode_tasks < 1:
+        raise ValueError(f"decode_tasks must be a positive int or None, got {decode_tasks}")
+    pipeline = pipeline_for(pipeline, num_gpus_per_actor)
+    if not ray.is_initialized():  # ray.nodes() and ray.put would refuse; Ray Data would not
+        from raydal.connect import connect
+        connect()
+    demand = selection_demand(num_actors, num_cpus_per_actor, num_gpus_per_actor, pipeline)
     with schedulable([demand], resource_wait_s):  # nodes an autoscaler adds stay until the end
         pool = pool if isinstance(pool, Pool) else Pool(pool)
         if isinstance(strategy, str):
@@ -323,26 +459,45 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
                                       num_gpus_per_actor)
 
         # Ray Data reads Parquet as few large blocks (several files merged, up to 128 MiB), and a
-        # scorer's results reach the driver when it finishes a block. About 32 blocks a scorer
-        # (split at row groups, at least 256 KiB) keep scorers evenly busy to the end of the pool,
+        # scorer's results reach the driver when it finishes a block. About 32 blocks a worker
+        # (split at row groups, at least 256 KiB) keep workers evenly busy to the end of the pool,
         # even a one-file pool, and results flowing (measured: benchmarks/selection_scale.py).
         ds = pool.to_dataset()
-        blocks = BLOCKS_PER_SCORER * num_actors
+        workers = num_actors
+        if pipeline == "staged":
+            workers = max(num_actors, decode_tasks or int(ray.cluster_resources().get("CPU", 1)))
+        blocks = BLOCKS_PER_SCORER * workers
         ds.context.target_max_block_size = int(min(
             ds.context.target_max_block_size, max(256 << 10, pool.num_bytes // blocks)))
+        labeled_ref = [ray.put(frozenset(labels))]
         job = ScoringJob(uuid.uuid4().hex, source, pool, strategy, [context_ref],
-                         [ray.put(frozenset(labels))], budget, batch_size, num_gpus_per_actor,
-                         int(max(1, num_cpus_per_actor)))
-        # a block a call; Ray Data wants an explicit batch size for GPU tasks: about a block's rows
-        rows = (None if not num_gpus_per_actor
-                else max(batch_size, -(-pool.num_rows // blocks)))
-        scores_ds = ds.map_batches(
-            score_block, fn_kwargs=dict(job=job), batch_size=rows, batch_format="numpy",
-            compute=ray.data.TaskPoolStrategy(size=num_actors), num_gpus=num_gpus_per_actor,
-            num_cpus=num_cpus_per_actor,
-            # Ray ends a GPU task's worker after each call by default (max_calls 1): keep it, or
-            # every block would reload the model
-            max_calls=0)
+                         labeled_ref if pipeline == "fused" else None, budget, batch_size,
+                         num_gpus_per_actor, int(max(1, num_cpus_per_actor)))
+        if pipeline == "fused":
+            # a block a call; Ray Data wants an explicit batch size for GPU tasks: about a
+            # block's rows
+            rows = (None if not num_gpus_per_actor
+                    else max(batch_size, -(-pool.num_rows // blocks)))
+            scores_ds = ds.map_batches(
+                score_block, fn_kwargs=dict(job=job), batch_size=rows, batch_format="numpy",
+                compute=ray.data.TaskPoolStrategy(size=num_actors), num_gpus=num_gpus_per_actor,
+                num_cpus=num_cpus_per_actor,
+                # Ray ends a GPU task's worker after each call by default (max_calls 1): keep
+                # it, or every block would reload the model
+                max_calls=0)
+        else:
+            decode_job = DecodeJob(job.token, pool, source.spec(), labeled_ref)
+            decoded = ds.map_batches(
+                decode_block, fn_kwargs=dict(job=decode_job), batch_size=None,
+                batch_format="numpy", num_cpus=1,
+                compute=ray.data.TaskPoolStrategy(size=decode_tasks) if decode_tasks else None)
+            # Decoded blocks are several times the encoded ones, so Ray Data splits them at
+            # target_max_block_size: an explicit call size re-batches them for the scorers.
+            rows = max(batch_size, -(-pool.num_rows // (BLOCKS_PER_SCORER * num_actors)))
+            scores_ds = decoded.map_batches(
+                ScoreActor, fn_constructor_kwargs=dict(job=job), batch_size=rows,
+                batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=num_actors),
+                num_gpus=num_gpus_per_actor, num_cpus=num_cpus_per_actor)
 
         set_based = isinstance(strategy, SetStrategy)
         merger = (StreamingCandidates(strategy, budget, ray.get(context_ref)) if set_based
@@ -375,7 +530,8 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
             log.warning("budget %d, but only %d unlabeled images could be scored (%d skipped): "
                         "returning %d picks", budget, num_scored, len(skipped), len(ids))
         return Selection([str(i) for i in ids], scores, num_scored, skipped,
-                         time.perf_counter() - t0, *(startup or (0.0, 0)), nodes=list(nodes))
+                         time.perf_counter() - t0, *(startup or (0.0, 0)), nodes=list(nodes),
+                         pipeline=pipeline)
 
 
 def _batches_or_context_error(scores_ds, context_ref) -> Iterator[dict[str, np.ndarray]]:

@@ -32,9 +32,11 @@ def test_sharded_batch_aware_picks_equal_single_process(ray_cluster, random_imag
     expected = strategy.pick(ids[keep], feats, 15, ctx)
     plain = np.argsort(-feats[:, 0], kind="stable")[:15]
     assert set(expected) != set(ids[keep][plain])  # the deduction changed the batch
-    for num_actors, batch_size in [(1, 1000), (2, 7)]:
+    for pipeline, num_actors, batch_size in [("fused", 1, 1000), ("fused", 2, 7),
+                                             ("staged", 2, 7)]:
         sel = raydal.select(pool, ckpt, "dynamicAL_batch", budget=15, labeled=labels,
                             num_actors=num_actors, batch_size=batch_size, progress=False,
+                            pipeline=pipeline,
                             strategy_options={"diversity": 1.0, "oversample": 2,
                                               "sketch_dim": 32})
-        assert sel.ids == expected, (num_actors, batch_size)
+        assert sel.ids == expected, (pipeline, num_actors, batch_size)

@@ -193,6 +193,11 @@ class SelectionConfig(_Section):
     batch_size: int = Field(256, ge=1)
     num_gpus_per_actor: float = Field(0.0, ge=0)
     num_cpus_per_actor: float = Field(0.5, gt=0)
+    pipeline: Literal["auto", "staged", "fused"] = Field(
+        "auto", description="staged: CPU decode tasks feed an actor pool of scorers; fused: "
+        "tasks that decode and score; auto: staged when num_gpus_per_actor > 0")
+    decode_tasks: int | None = Field(None, ge=1, description="staged: most decode tasks at "
+                                     "a time, 1 CPU each (null: as many as CPUs are free)")
 
 
 class TrainingConfig(_Section):

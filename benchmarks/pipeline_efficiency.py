@@ -208,8 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpus", type=int, default=os.cpu_count())
     p.add_argument("--pipelines", default="fused,staged")
     p.add_argument("--cases", default="random,entropy,quickstart")
-    p.add_argument("--num-actors", type=int, default=1)
-    p.add_argument("--num-cpus-per-actor", type=float, default=0.5)
+    p.add_argument("--layouts", default="fused=2x0.5,staged=1x0",
+                   help="scorers x CPUs each, per pipeline (fused: 2 tasks of 0.5 CPU, the "
+                   "quickstart's; staged: 1 actor reserving no CPU, so every CPU can run a "
+                   "decode task)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--quickstart-rounds", type=int, default=4)
     p.add_argument("--data-dir", default=str(ROOT / "data" / "bench" / "pipeline_efficiency"))
@@ -228,11 +230,11 @@ def main(argv: list[str] | None = None) -> int:
                             else RESULTS))
     pool = make_jpeg_pool(Path(args.data_dir) / f"jpeg-{args.rows}.parquet", args.rows)
     pipelines = args.pipelines.split(",")
+    layouts = {k: v.split("x") for k, v in (x.split("=") for x in args.layouts.split(","))}
     cases = args.cases.split(",")
     result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "rows": args.rows, "pool_bytes": pool.stat().st_size, "cpus": args.cpus,
-              "num_actors": args.num_actors, "num_cpus_per_actor": args.num_cpus_per_actor,
-              "batch_size": args.batch_size, "runs": [], "summary": {}}
+              "layouts": args.layouts, "batch_size": args.batch_size, "runs": [], "summary": {}}
 
     def save() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -250,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"{r['loadavg_before'][0]}", flush=True)
                 else:
                     kw = dict(pool=str(pool), strategy=case, pipeline=pipeline, cpus=args.cpus,
-                              num_actors=args.num_actors,
-                              num_cpus_per_actor=args.num_cpus_per_actor,
+                              num_actors=int(layouts[pipeline][0]),
+                              num_cpus_per_actor=float(layouts[pipeline][1]),
                               batch_size=args.batch_size)
                     r = _child("efficiency", kw)
                     print(f"[{rep}] {case} {pipeline}: {r['images_per_s']:.0f} img/s "

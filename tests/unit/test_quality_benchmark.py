@@ -22,7 +22,7 @@ def aq():
 @pytest.mark.parametrize("path", sorted((BENCH / "regimes").glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_regimes_load(aq, path):
     r = aq.Regime.load(path)
-    assert r.name == path.stem and r.seeds >= 3 and "random" in r.strategies
+    assert r.name == path.stem and len(r.seed_list()) >= 3 and "random" in r.strategies
     assert "dynamicAL" in r.strategies
     if path.stem.endswith("-confirm"):  # its base's experiment, on seeds the base never ran
         base = aq.Regime.load(path.with_name(path.stem.removesuffix("-confirm") + ".yaml"))
@@ -33,7 +33,66 @@ def test_shipped_regimes_load(aq, path):
     else:
         assert "entropy" in r.strategies
     q = aq.quick(r)
-    assert q.seeds == 1 and q.pool_size <= 1000 and q.training.max_epochs <= 3
+    assert len(q.seed_list()) == 1 and q.pool_size <= 1000 and q.training.max_epochs <= 3
+
+
+def test_new_options_default_to_the_first_recipe(aq):
+    """Older results files (no optimizer, schedule, augment, min_steps, selection) still match
+    their regime files, and the defaults are Adam, constant, no augmentation, no step floor."""
+    t = aq.Training()
+    assert (t.optimizer, t.schedule, t.augment, t.min_steps) == ("adam", "none", "none", 0)
+    ran = json.loads((BENCH / "results" / "al_quality_mid-budget.json").read_text())["regime"]
+    assert aq.same_regime(ran, aq.Regime.load(BENCH / "regimes" / "mid-budget.yaml").to_dict())
+    r = aq.Regime.from_dict({"name": "x", "seeds": [4, 2, 9]})
+    assert r.seed_list() == [4, 2, 9] and aq.quick(r).seed_list() == [4]
+    for bad in ({"seeds": [1, 1]}, {"seeds": []}, {"training": {"optimizer": "rmsprop"}},
+                {"training": {"augment": "mixup"}}, {"training": {"min_steps": -1}},
+                {"selection": "remote"}):
+        with pytest.raises(ValueError):
+            aq.Regime.from_dict({"name": "x", **bad})
+
+
+def test_crop_flip_is_a_padded_crop_and_flip(aq):
+    import torch
+    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).view(2, 1, 6, 6)
+    gen = torch.Generator().manual_seed(0)
+    out = aq.crop_flip(x, gen, fill=-1.0, pad=2)
+    gen = torch.Generator().manual_seed(0)
+    dy, dx = torch.randint(0, 5, (2,), generator=gen), torch.randint(0, 5, (2,), generator=gen)
+    flip = torch.rand(2, generator=gen) < 0.5
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), value=-1.0)
+    for b in range(2):
+        want = padded[b, :, dy[b]:dy[b] + 6, dx[b]:dx[b] + 6]
+        assert torch.equal(out[b], want.flip(-1) if flip[b] else want)
+
+
+def test_min_steps_and_sgd_recipe_train(aq):
+    import torch
+    spec = aq.Regime.from_dict({"name": "x"}).spec()
+    x, y = torch.randn(40, 1, 32, 32), torch.arange(40) % 10
+    recipe = aq.Training(optimizer="sgd", lr=0.01, weight_decay=5e-4, schedule="cosine",
+                         augment="crop_flip", batch_size=16, min_epochs=1, max_epochs=50,
+                         min_steps=9, stop_train_accuracy=0.0)
+    _, epochs, _, steps = aq.train(x, y, recipe, spec, seed=0)
+    assert steps == 9 and epochs == 3  # 3 steps an epoch; stops at the first epoch past 9 steps
+
+
+def test_npz_subset_decodes_like_the_png_pool(aq, tmp_path):
+    import numpy as np
+    from raydal.transforms import decode_rows, encode_png
+    images = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    spec = aq.Regime.from_dict({"name": "x"}).spec().input_spec
+    arr, ok, bad = decode_rows([encode_png(a) for a in images], None, spec)
+    assert not bad and np.array_equal(aq.resize_like_decode(images, 32), arr)
+
+
+def test_committed_npz_subset(aq):
+    import numpy as np
+    path = BENCH / "gpu_data" / "fmnist_subset.npz"
+    assert path.stat().st_size <= 8 * 2**20
+    z = np.load(path)
+    assert z["train_x"].shape == (aq.NPZ_TRAIN, 28, 28) and z["test_x"].shape == (aq.NPZ_TEST, 28, 28)
+    assert z["train_x"].dtype == np.uint8 and len(set(z["train_index"].tolist())) == aq.NPZ_TRAIN
 
 
 def test_regime_errors_name_the_field(aq):
@@ -49,7 +108,8 @@ def test_regime_errors_name_the_field(aq):
 
 def test_quick_writes_outside_the_committed_results(aq, monkeypatch, tmp_path):
     seen = {}
-    monkeypatch.setattr(aq, "run", lambda r, out, *a: seen.update(out=out) or {"seconds": 0.0})
+    monkeypatch.setattr(aq, "run", lambda r, out, *a, **k: seen.update(out=out)
+                        or {"seconds": 0.0})
     monkeypatch.setattr(aq, "render", lambda result, out: "")
     aq.main([str(BENCH / "regimes" / "mid-budget.yaml"), "--quick"])
     assert seen["out"].parent == aq.QUICK_DIR and BENCH not in seen["out"].parents

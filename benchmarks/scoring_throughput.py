@@ -13,12 +13,25 @@ shifts every method alike. Methods:
   head      last-layer closed form (params="head")
 Also: bf16 autocast agreement with fp32 (top-b overlap, Spearman) over a pool.
 
-    python benchmarks/scoring_throughput.py [--device cuda] [--quick] [--profile | --ratios-only]
-                                            [--out PATH]
+    python benchmarks/scoring_throughput.py [--device cuda] [--quick]
+                                            [--profile | --ratios-only | --ops] [--out PATH]
 
 --quick writes under /tmp/raydal-bench/quick unless --out says otherwise (never over the
 committed results). --ratios-only times the methods but vmap round-robin in one process, nothing
 else (no per-method memory processes, no bf16 agreement): a short run for a quiet window.
+
+--ops counts the operators a scoring call dispatches against a training step's (``count_ops``):
+torch.profiler CPU events (``len(prof.events())``: every recorded operator call, nested ones
+included, e.g. aten::matmul and the aten::bmm it calls, plus the autograd engine's per-node
+entries), of the third call of each (two warm-ups), timm resnet50 at 32 px, batch 4. The training
+step is what raydal/train.py runs: train mode, forward, mean cross-entropy, zero_grad, backward,
+torch.optim.Adam step with its defaults (on a CPU the per-parameter for-loop implementation);
+also reported against forward + backward alone (eval mode, autograd.grad of the summed loss) and
+against Adam(foreach=True), the step without the optimiser's per-parameter loop.
+
+``time_scorer(...)`` (importable) gives median ms of a forward pass, a training step and a
+scoring call for one configuration, on a CPU or a GPU (CUDA events), fp32 or bf16, with or without
+a CUDA graph.
 
 --profile prints where the fast path's time goes instead: fast, fast_norm and every <g_L, g_u>
 from one forward-mode pass (torch.func.jvp, the JVP lever) against forward and train; rule time
@@ -329,6 +342,131 @@ def _profile_report(cfg: dict, p: dict) -> str:
     return "\n".join(lines)
 
 
+# --- operator counts and a reusable timer ------------------------------------------------------
+
+def _train_step(model, x, opt, bf16: bool = False):
+    """One step as raydal/train.py runs it (train mode, mean loss, zero_grad, backward, step)."""
+    import torch
+    import torch.nn.functional as F
+    from raydal.scoring.grads.common import autocast
+
+    def step():
+        model.train()
+        with autocast(x, torch.bfloat16 if bf16 else None):
+            out = model(x)
+        loss = F.cross_entropy(out.float(), out.argmax(1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model.eval()
+    return step
+
+
+def count_ops(model_name: str = "resnet50", img_size: int = 32, batch: int = 4,
+              ip_weights=(0.0, 2.0)) -> dict:
+    """torch.profiler CPU events of one scoring call per ip_weight and of the reference steps
+    (see the module docstring for what is counted); ratios scorer / reference."""
+    import timm
+    import torch
+    import torch.nn.functional as F
+    from torch.profiler import ProfilerActivity, profile
+    from raydal.scoring.grads import _select_params, dynamical_scores
+
+    torch.manual_seed(0)
+    model = timm.create_model(model_name, pretrained=False, num_classes=10).eval()
+    x = torch.randn(batch, 3, img_size, img_size)
+    g_L = {k: torch.randn_like(p) * 1e-2 for k, p in _select_params(model, "all").items()}
+
+    def events(fn) -> int:
+        fn()
+        fn()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+        return len(prof.events())
+
+    def forward_backward():
+        out = model(x)
+        torch.autograd.grad(F.cross_entropy(out, out.argmax(1), reduction="sum"),
+                            list(model.parameters()))
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    refs = {"train_step_adam": events(_train_step(model, x, torch.optim.Adam(params, lr=1e-3))),
+            "train_step_adam_foreach": events(_train_step(
+                model, x, torch.optim.Adam(params, lr=1e-3, foreach=True))),
+            "forward_backward": events(forward_backward)}
+    scorer = {f"ip_weight_{ip:g}": events(lambda ip=ip: dynamical_scores(
+        model, x, g_L=g_L if ip else None, ip_weight=ip)) for ip in ip_weights}
+    return {"model": model_name, "img": img_size, "batch": batch, "torch": torch.__version__,
+            "reference_events": refs, "scorer_events": scorer,
+            "ratios": {s: {r: scorer[s] / refs[r] for r in refs} for s in scorer}}
+
+
+def time_scorer(model_name: str, img_size: int, batch: int, device: str = "cpu",
+                bf16: bool = False, cuda_graph: bool = False, ip_weight: float = 0.0,
+                repeats: int = 10, warmup: int = 3, num_classes: int = 10) -> dict:
+    """Median ms of a forward pass (no_grad), a training step (forward, backward, Adam step, as
+    raydal/train.py) and a scoring call (raydal.scoring.dynamical_scores, method "fast") of one
+    random batch, timm model random init, interleaved round-robin; CUDA events on a GPU.
+    bf16: autocast for all three; cuda_graph: the scorer replays a captured graph (GPU only);
+    ip_weight 0 scores ||g_u||^2 alone, else a random g_L enters. Also the ratios
+    scorer / training step and scorer / forward, and the peak GPU memory of the scorer."""
+    import timm
+    import torch
+    from raydal.scoring.grads import _select_params, dynamical_scores
+    from raydal.scoring.grads.common import autocast
+
+    torch.manual_seed(0)
+    model = timm.create_model(model_name, pretrained=False, num_classes=num_classes)
+    model = model.to(device).eval()
+    x = torch.randn(batch, 3, img_size, img_size, device=device)
+    g_L = {k: torch.randn_like(p) * 1e-2 for k, p in _select_params(model, "all").items()} \
+        if ip_weight else None
+    dtype = torch.bfloat16 if bf16 else None
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def forward():
+        with autocast(x, dtype):
+            model(x)
+
+    runners = {"forward": forward, "train_step": _train_step(model, x, opt, bf16),
+               "scorer": lambda: dynamical_scores(model, x, g_L=g_L, ip_weight=ip_weight,
+                                                  autocast_dtype=dtype, cuda_graph=cuda_graph)}
+    cuda = torch.device(device).type == "cuda"
+    times: dict[str, list] = {k: [] for k in runners}
+    peak = None
+    for i in range(warmup + repeats):
+        for name, run in runners.items():
+            if cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                torch.cuda.synchronize()
+                if name == "scorer" and i == warmup:
+                    torch.cuda.reset_peak_memory_stats()
+                start.record()
+                run()
+                end.record()
+                torch.cuda.synchronize()
+                ms = start.elapsed_time(end)
+                if name == "scorer" and i == warmup:
+                    peak = torch.cuda.max_memory_allocated() / 2**20
+            else:
+                t0 = time.perf_counter()
+                run()
+                ms = (time.perf_counter() - t0) * 1e3
+            if i >= warmup:
+                times[name].append(ms)
+        model.load_state_dict(state)  # the training steps must not drift the scored weights
+    out = {f"{k}_ms": statistics.median(v) for k, v in times.items()}
+    out.update({"model": model_name, "img": img_size, "batch": batch, "device": str(device),
+                "bf16": bf16, "cuda_graph": cuda_graph, "ip_weight": ip_weight,
+                "repeats": repeats, "torch": torch.__version__,
+                "scorer_vs_train_step": out["scorer_ms"] / out["train_step_ms"],
+                "scorer_vs_forward": out["scorer_ms"] / out["forward_ms"],
+                "scorer_peak_mib": peak})
+    return out
+
+
 # --- orchestration ------------------------------------------------------------------------------
 
 def _in_subprocess(task: dict) -> dict:
@@ -421,6 +559,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="only this model's configuration")
     parser.add_argument("--ratios-only", action="store_true",
                         help="only the round-robin timing of every method but vmap")
+    parser.add_argument("--ops", action="store_true",
+                        help="profiler event counts of a scoring call vs a training step")
     parser.add_argument("--channels-last", action="store_true",
                         help="model and inputs in channels_last memory format")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -442,6 +582,17 @@ def main(argv: list[str] | None = None) -> None:
                for cfg in (QUICK if args.quick else CONFIGS)
                if args.model in (None, cfg["model"])]
     results_dir = QUICK_DIR if args.quick else Path(__file__).parent / "results"
+    if args.ops:
+        result = count_ops(batch=2 if args.quick else 4)
+        for name, n in result["scorer_events"].items():
+            print(f"scorer {name}: {n} events = " + ", ".join(
+                f"{r:.2f}x {k} ({result['reference_events'][k]})"
+                for k, r in result["ratios"][name].items()))
+        out = args.out or results_dir / "scoring_ops.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+        print(f"wrote {out}")
+        return
     if args.ratios_only:
         out = args.out or results_dir / f"scoring_ratios_{args.device}.json"
         _ratios_only(configs, args, out)

@@ -22,6 +22,7 @@ import torch
 
 from raydal.scoring.base import Strategy, register_strategy
 from raydal.scoring.grads import dynamical_scores, labeled_gradient
+from raydal.scoring.grads.common import warn_once
 
 
 @register_strategy
@@ -31,7 +32,9 @@ class DynamicAL(Strategy):
     docstring), params ("all" trainable
     parameters or "head": classifier only, an approximation), method ("fast" exact one-pass or
     "vmap" reference), gradient_reduction ("sum" as in the paper or "mean": g_L / N),
-    chunk_size (samples per vmap chunk), mixed_precision (bfloat16 autocast)."""
+    chunk_size (samples per vmap chunk), mixed_precision (bfloat16 autocast), cuda_graph
+    (capture each batch shape's scoring call as a CUDA graph and replay it: no launch and host
+    overhead a call; GPU only, ignored with a warning on a CPU)."""
 
     name: ClassVar[str] = "dynamicAL"
     ip_weight: float = 0.0
@@ -40,6 +43,7 @@ class DynamicAL(Strategy):
     gradient_reduction: str = "sum"
     chunk_size: int = 32
     mixed_precision: bool = False
+    cuda_graph: bool = False
 
     def __post_init__(self):
         if isinstance(self.ip_weight, bool) or not isinstance(self.ip_weight, (int, float)) \
@@ -53,8 +57,9 @@ class DynamicAL(Strategy):
         if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) \
                 or self.chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive int, got {self.chunk_size!r}")
-        if not isinstance(self.mixed_precision, bool):
-            raise ValueError(f"mixed_precision must be a bool, got {self.mixed_precision!r}")
+        for option in ("mixed_precision", "cuda_graph"):
+            if not isinstance(getattr(self, option), bool):
+                raise ValueError(f"{option} must be a bool, got {getattr(self, option)!r}")
 
     @property
     def needs_labeled(self) -> bool:
@@ -82,8 +87,13 @@ class DynamicAL(Strategy):
     def score(self, model, x, ids, context) -> torch.Tensor:
         """x (B, ...) -> (B,) float64 scores on the CPU; x is moved to the model's device."""
         device = next(model.parameters()).device
+        graph = self.cuda_graph and device.type == "cuda" and self.method == "fast"
+        if self.cuda_graph and not graph:
+            warn_once("dynamicAL:cuda_graph", "dynamicAL: cuda_graph=True ignored: CUDA graphs "
+                      "need method='fast' and a model on a CUDA device, got method=%r on %s",
+                      self.method, device)
         scores = dynamical_scores(
             model, x.to(device), ip_weight=float(self.ip_weight), g_L=context, params=self.params,
             method=self.method, chunk_size=self.chunk_size,
-            autocast_dtype=torch.bfloat16 if self.mixed_precision else None)
+            autocast_dtype=torch.bfloat16 if self.mixed_precision else None, cuda_graph=graph)
         return scores.cpu()

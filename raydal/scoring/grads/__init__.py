@@ -20,12 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from raydal.scoring.grads import conv, embedding, linear, norm  # noqa: F401  (register rules)
-from raydal.scoring.grads import fallback
-from raydal.scoring.grads.common import autocast, device_of, eval_mode, select_params
+from raydal.scoring.grads import fallback, registry
+from raydal.scoring.grads.common import autocast, device_of, eval_mode, select_params, warn_once
+from raydal.scoring.grads.graphed import check_cuda_graph, graphed_scores
 from raydal.scoring.grads.onepass import ghost_terms, model_cache
 from raydal.scoring.grads.registry import Rule, Terms, flat_terms, register_rule
 
-__all__ = ["dynamical_scores", "labeled_gradient", "register_rule", "flat_terms", "Rule", "Terms"]
+__all__ = ["dynamical_scores", "labeled_gradient", "register_rule", "flat_terms", "Rule", "Terms",
+           "check_cuda_graph"]
 _select_params = select_params  # the benchmark's name
 
 
@@ -48,11 +50,33 @@ def labeled_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_s
     return total
 
 
+class _NotCapturable(RuntimeError):
+    """Some parameters need the vmap fallback, which a CUDA graph cannot hold."""
+
+
+def _fast_scores(model, x, selected, g_L, ip_weight, autocast_dtype, cdtype, params, chunk_size,
+                 allow_fallback=True) -> torch.Tensor:
+    """The exact one-pass scores (B,) float64 (fallback for parameters without a rule)."""
+    result = ghost_terms(model, x, selected, g_L, autocast_dtype, cdtype,
+                         local_grad=params == "head")
+    if result is None:  # something after the classifier: build the graph everywhere
+        result = ghost_terms(model, x, selected, g_L, autocast_dtype, cdtype, local_grad=False)
+    norm, inner, yhat, rest = result
+    if rest:
+        if not allow_fallback:
+            raise _NotCapturable(f"{len(rest)} parameter(s) need the vmap fallback, e.g. {rest[:3]}")
+        n2, i2 = fallback.per_sample_terms(model, x, yhat, rest, g_L, chunk_size,
+                                           autocast_dtype, cdtype)
+        norm, inner = norm + n2, inner + i2
+    return norm + ip_weight * inner if g_L is not None else norm
+
+
 def dynamical_scores(model: nn.Module, x: torch.Tensor, labeled_x: torch.Tensor | None = None,
                      labeled_y: torch.Tensor | None = None, ip_weight: float = 2.0, *,
                      g_L: dict[str, torch.Tensor] | None = None, params: str = "all",
                      method: str = "fast", chunk_size: int = 32,
-                     autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+                     autocast_dtype: torch.dtype | None = None,
+                     cuda_graph: bool = False) -> torch.Tensor:
     """dynamicAL scores ||g_u||^2 + ip_weight * <g_L, g_u> of x (B, ...) on the model's device:
     (B,) float64 on x's device.
 
@@ -62,10 +86,18 @@ def dynamical_scores(model: nn.Module, x: torch.Tensor, labeled_x: torch.Tensor 
     head: one forward pass with a graph around the head alone). method:
     "fast" (exact, per-layer contractions) or "vmap" (chunked torch.func reference, chunk_size
     samples at a time). autocast_dtype: e.g. torch.bfloat16 for the forward/backward passes;
-    per-layer terms are then still computed in float32.
+    per-layer terms are then still computed in float32. cuda_graph: capture the whole "fast"
+    call (forward with hooks, backward, rules) as a CUDA graph once per model, input shape,
+    dtype and options, and replay it (``graphed``; a smaller batch is padded to the captured
+    size, exactly); CUDA only (ValueError elsewhere); a model that needs the vmap fallback for
+    some parameters is scored without a graph, with a warning.
     """
     if method not in ("fast", "vmap"):
         raise ValueError(f"method must be 'fast' or 'vmap', got {method!r}")
+    if cuda_graph and (method != "fast" or x.device.type != "cuda"):
+        raise ValueError("cuda_graph=True needs method='fast' and a CUDA batch (CUDA graphs "
+                         f"replay GPU kernels), got method={method!r} and x on {x.device}; "
+                         "leave cuda_graph=False there")
     selected = select_params(model, params)
     need_inner = ip_weight != 0
     with eval_mode(model):
@@ -88,15 +120,16 @@ def dynamical_scores(model: nn.Module, x: torch.Tensor, labeled_x: torch.Tensor 
                 yhat = model(x).argmax(1)
             norm, inner = fallback.per_sample_terms(model, x, yhat, list(selected), g_L,
                                                     chunk_size, autocast_dtype, cdtype)
-        else:
-            result = ghost_terms(model, x, selected, g_L, autocast_dtype, cdtype,
-                                 local_grad=params == "head")
-            if result is None:  # something after the classifier: build the graph everywhere
-                result = ghost_terms(model, x, selected, g_L, autocast_dtype, cdtype,
-                                     local_grad=False)
-            norm, inner, yhat, rest = result
-            if rest:
-                n2, i2 = fallback.per_sample_terms(model, x, yhat, rest, g_L, chunk_size,
-                                                   autocast_dtype, cdtype)
-                norm, inner = norm + n2, inner + i2
-    return norm + ip_weight * inner
+            return norm + ip_weight * inner
+        args = (model, x, selected, g_L, ip_weight, autocast_dtype, cdtype, params, chunk_size)
+        if cuda_graph:
+            key = (tuple(selected), params, float(ip_weight), autocast_dtype, g_L is not None,
+                   registry.version)
+            try:
+                return graphed_scores(model, x, lambda xb: _fast_scores(
+                    model, xb, *args[2:], allow_fallback=False), key)
+            except _NotCapturable as err:
+                warn_once(f"graph:{type(model).__qualname__}", "dynamicAL: cuda_graph=True "
+                          "cannot capture %s (%s); scoring it without a graph",
+                          type(model).__name__, err)
+        return _fast_scores(*args)

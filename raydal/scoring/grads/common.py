@@ -45,8 +45,10 @@ def eval_mode(model: nn.Module):
             m.training = True
 
 
-def autocast(x: torch.Tensor, dtype: torch.dtype | None):
-    return torch.autocast(x.device.type, dtype=dtype) if dtype is not None \
+def autocast(x: torch.Tensor, dtype: torch.dtype | None, cache: bool = True):
+    """cache=False inside a CUDA graph capture (autocast's weight-cast cache would hold tensors
+    the graph's memory pool reuses)."""
+    return torch.autocast(x.device.type, dtype=dtype, cache_enabled=cache) if dtype is not None \
         else contextlib.nullcontext()
 
 

@@ -255,7 +255,9 @@ def ghost_terms(model, x, selected, g_L, autocast_dtype, cdtype, local_grad, pro
                for h in site.attach(tap, probe, local_grad, probe_all)]
     missed = False
     try:
-        with torch.set_grad_enabled(not local_grad), autocast(x, autocast_dtype):
+        capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
+        with torch.set_grad_enabled(not local_grad), autocast(x, autocast_dtype,
+                                                              cache=not capturing):
             logits = torch.func.functional_call(model, copies, (x,), strict=False) if copies \
                 else model(x)
         yhat = logits.argmax(1)

@@ -94,16 +94,46 @@ def _connect(address: str | None, log_to_driver: bool) -> None:
             log_to_driver=log_to_driver)
 
 
+def check_arguments(args: argparse.Namespace, labeled: dict[str, int] | list[str]):
+    """The strategy the arguments ask for; ConfigError naming the flag and the fix for any
+    argument that cannot work (checked before a cluster starts)."""
+    from raydal.config import ConfigError
+    from raydal.models import checkpoint_exists
+    from raydal.scoring.base import create_strategy
+
+    for flag, value in (("--budget", args.budget), ("--num-actors", args.num_actors),
+                        ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be a positive int, got {value}")
+    for flag, value in (("--num-gpus-per-actor", args.num_gpus_per_actor),
+                        ("--num-cpus-per-actor", args.num_cpus_per_actor)):
+        if value < 0:
+            raise ConfigError(f"{flag} must be >= 0, got {value:g}")
+    strategy = create_strategy(args.strategy, **strategy_options(args.strategy_options))
+    if strategy.needs_model and not args.checkpoint:
+        raise ConfigError(f"--strategy {args.strategy} scores with a model: give --checkpoint "
+                          "(a raydal checkpoint folder, e.g. RUN_DIR/checkpoints/round-0003)")
+    if args.checkpoint and not checkpoint_exists(args.checkpoint):
+        raise ConfigError(f"--checkpoint {args.checkpoint} is not a raydal checkpoint folder (no "
+                          "meta.json); give a folder such as RUN_DIR/checkpoints/round-0003")
+    if strategy.needs_labeled and not (isinstance(labeled, dict) and labeled):
+        raise ConfigError(f"--strategy {args.strategy} with these options needs the labels of "
+                          "the labeled set: give --labels (a run directory, its labels/ folder "
+                          "or a Parquet file with columns id, label)")
+    return strategy
+
+
 def run_selection(args: argparse.Namespace) -> dict[str, Any]:
     """Select and write ``args.out`` on the connected Ray cluster; returns the summary."""
     import raydal
     from raydal.storage import atomic_write_parquet
 
-    options = strategy_options(args.strategy_options)
     labeled = read_labeled(args.labels)  # wrong arguments fail before any cluster starts
+    strategy = check_arguments(args, labeled)
+    pool = raydal.Pool(args.pool)
     _connect(args.address, log_to_driver=args.progress)
-    sel = raydal.select(raydal.Pool(args.pool), args.checkpoint, args.strategy, args.budget,
-                        labeled=labeled, strategy_options=options,
+    sel = raydal.select(pool, args.checkpoint, strategy, args.budget,
+                        labeled=labeled,
                         num_actors=args.num_actors, batch_size=args.batch_size,
                         num_gpus_per_actor=args.num_gpus_per_actor,
                         num_cpus_per_actor=args.num_cpus_per_actor, progress=args.progress)

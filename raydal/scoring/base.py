@@ -64,14 +64,19 @@ def suggest(name: str, choices: list[str]) -> str:
 
 
 def create_strategy(name: str, **options: Any) -> Strategy:
-    """Build a registered strategy; unknown names and options raise ValueError with a hint."""
+    """Build a registered strategy; unknown names, unknown options and invalid option values
+    raise ConfigError (a ValueError) with a hint."""
+    from raydal.errors import ConfigError
     if name not in _REGISTRY:
-        raise ValueError(f"unknown strategy {name!r}; expected one of {list_strategies()}."
+        raise ConfigError(f"unknown strategy {name!r}; expected one of {list_strategies()}."
                          + suggest(name, list_strategies()))
     cls = _REGISTRY[name]
     fields = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
     for key in options:
         if key not in fields:
-            raise ValueError(f"strategy {name!r} has no option {key!r}; its options are {fields}."
-                             + suggest(key, fields))
-    return cls(**options)
+            raise ConfigError(f"strategy {name!r} has no option {key!r}; its options are "
+                              f"{fields}." + suggest(key, fields))
+    try:
+        return cls(**options)
+    except ValueError as e:  # the strategy's own check of a value
+        raise ConfigError(f"strategy {name!r}: {e}") from None

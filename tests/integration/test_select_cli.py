@@ -64,12 +64,42 @@ def test_cli_select_equals_the_job_and_the_library(ray_cluster, inputs, capsys, 
     ("--labels", "MISSING", "--labels .*MISSING does not exist"),
     ("--strategy-options", "[1]", "--strategy-options '\\[1\\]': expected a JSON object"),
     ("--strategy-options", "{ip", "--strategy-options '{ip' is not JSON"),
+    ("--strategy", "dynamicALL", "unknown strategy 'dynamicALL'.*Did you mean 'dynamicAL'"),
+    ("--strategy-options", '{"ip_wieght": 2}', "has no option 'ip_wieght'.*Did you mean"),
+    ("--strategy-options", '{"ip_weight": -1}', "strategy 'dynamicAL': ip_weight must be"),
+    ("--budget", "0", "--budget must be a positive int, got 0"),
+    ("--num-actors", "0", "--num-actors must be a positive int, got 0"),
+    ("--checkpoint", "MISSING", "--checkpoint .*MISSING is not a raydal checkpoint folder"),
+    ("--labels", "EMPTY", "--labels .* no labels/round-NNNN.parquet"),
+    ("--pool", "MISSING", "MISSING"),
 ])
 def test_cli_select_user_errors_are_one_line(inputs, capsys, option, value, message):
     tmp, pool, ckpt, _ = inputs
     argv = args(tmp, pool, ckpt, tmp / "never.parquet")
-    argv[argv.index(option) + 1] = str(tmp / value) if value == "MISSING" else value
+    if value == "EMPTY":
+        (tmp / "EMPTY").mkdir(exist_ok=True)
+    argv[argv.index(option) + 1] = str(tmp / value) if value in ("MISSING", "EMPTY") else value
     assert main(["select", *argv]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
     assert not (tmp / "never.parquet").exists()
+
+
+def test_cli_select_mistakes_start_no_ray(inputs, tmp_path):
+    """One line, exit 2, in seconds, and no Ray started (checked in a fresh process)."""
+    import os
+    import subprocess
+    import time
+    tmp, pool, ckpt, _ = inputs
+    for option, value in (("--strategy", "nope"), ("--budget", "0")):
+        argv = args(tmp, pool, ckpt, tmp_path / "never.parquet")
+        argv[argv.index(option) + 1] = value
+        t0 = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "raydal.cli", "select", *argv],
+                              capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "RAY_ADDRESS": ""})
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+        assert "Ray" not in done.stderr and time.monotonic() - t0 < 60
+        assert not (tmp_path / "never.parquet").exists()

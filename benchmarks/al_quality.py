@@ -162,6 +162,11 @@ class Regime:
         if not isinstance(r.training.min_steps, int) or r.training.min_steps < 0:
             raise ValueError(f"{where}: training.min_steps must be an int >= 0, got "
                              f"{r.training.min_steps!r}")
+        per_epoch = math.ceil(r.initial / r.training.batch_size)
+        if r.training.min_steps > r.training.max_epochs * per_epoch:
+            raise ValueError(f"{where}: training.min_steps {r.training.min_steps} cannot be reached "
+                             f"in max_epochs {r.training.max_epochs} x {per_epoch} steps an epoch "
+                             f"at {r.initial} labels: raise max_epochs or lower min_steps")
         if r.selection not in SELECTIONS:
             raise ValueError(f"{where}: selection must be one of {list(SELECTIONS)}, got "
                              f"{r.selection!r}")
@@ -191,7 +196,7 @@ def quick(r: Regime) -> Regime:
         r, pool_size=min(r.pool_size or 60000, 1000), test_size=500, seeds=seeds, rounds=2,
         initial=min(r.initial, 50), query=min(r.query, 25),
         training=dataclasses.replace(r.training, min_epochs=1, max_epochs=3,
-                                     min_steps=min(r.training.min_steps, 20)))
+                                     min_steps=min(r.training.min_steps, 3)))
 
 
 # ---- data, training, evaluation -----------------------------------------------------------------

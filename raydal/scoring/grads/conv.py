@@ -70,7 +70,8 @@ def gram_weight_terms(m: nn.Module, a, g, v):
     u = patches(m, a)
     if n == 1:  # plain 3-d batched matmuls
         u, g = u.squeeze(1), g.reshape(b, m.out_channels, -1).transpose(1, 2)  # (B, T, i), (B, T, o)
-        inner = dot(g, u @ v.reshape(m.out_channels, -1).t()) if v is not None else None
+        inner = dot(g, torch.mm(u.reshape(-1, u.shape[-1]), v.reshape(m.out_channels, -1).t())
+                    .view(g.shape)) if v is not None else None
         return gram_norm(g, u), inner
     g = g.reshape(b, n, m.out_channels // n, -1).transpose(2, 3)
     inner = dot(g, u @ v.reshape(n, -1, u.shape[-1]).transpose(1, 2)) if v is not None else None

@@ -2,6 +2,8 @@
 Their per-sample gradients are small (B, C) blocks, handed to the scorer as ``Block``s."""
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,17 +38,32 @@ def _has_running_stats(m: nn.Module) -> bool:
     return True
 
 
+_STATS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _mean_rstd(m: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(running_mean, 1 / sqrt(running_var + eps)) in dtype, kept while the statistics are
+    unchanged (their version counters): the eps addition and the rsqrt are otherwise two
+    dispatches per layer and call. Inside a CUDA graph capture they are recomputed, so that the
+    graph follows statistics changed in place later."""
+    mean, var = m.running_mean, m.running_var
+    if var.is_cuda and torch.cuda.is_current_stream_capturing():
+        return mean.to(dtype), torch.rsqrt(var.to(dtype) + m.eps)
+    key = (mean._version, var._version, mean.data_ptr(), var.data_ptr(), m.eps, dtype)
+    cached = _STATS.get(m)
+    if cached is None or cached[0] != key:
+        cached = _STATS[m] = (key, mean.to(dtype), torch.rsqrt(var.to(dtype) + m.eps))
+    return cached[1], cached[2]
+
+
 @register_rule(nn.modules.batchnorm._BatchNorm, applies=_has_running_stats)
 def batchnorm_terms(m: nn.Module, a, g, wanted: dict) -> list:
     # sum_s G (A - mean) rstd = (sum_s G A - mean sum_s G) rstd: no normalised copy of A
     g_sum = _position_sum(g)
     g_xhat = None
     if "weight" in wanted:
-        stats = (m.running_mean, m.running_var)
-        if stats[0].dtype != g.dtype:
-            stats = tuple(t.to(g.dtype) for t in stats)
-        g_xhat = torch.addcmul(channel_dot(g, a), stats[0], g_sum, value=-1) \
-            * torch.rsqrt(stats[1] + m.eps)
+        mean, rstd = _mean_rstd(m, g.dtype)
+        g_xhat = torch.addcmul(channel_dot(g, a), mean, g_sum, value=-1).mul_(rstd)
     return affine_terms(g_sum, g_xhat, wanted)
 
 

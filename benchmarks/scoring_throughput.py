@@ -403,12 +403,17 @@ def count_ops(model_name: str = "resnet50", img_size: int = 32, batch: int = 4,
 
 def time_scorer(model_name: str, img_size: int, batch: int, device: str = "cpu",
                 bf16: bool = False, cuda_graph: bool = False, ip_weight: float = 0.0,
-                repeats: int = 10, warmup: int = 3, num_classes: int = 10) -> dict:
+                repeats: int = 10, warmup: int = 3, num_classes: int = 10,
+                contractions: str | None = None, tf32: bool = False) -> dict:
     """Median ms of a forward pass (no_grad), a training step (forward, backward, Adam step, as
     raydal/train.py) and a scoring call (raydal.scoring.dynamical_scores, method "fast") of one
     random batch, timm model random init, interleaved round-robin; CUDA events on a GPU.
     bf16: autocast for all three; cuda_graph: the scorer replays a captured graph (GPU only);
-    ip_weight 0 scores ||g_u||^2 alone, else a random g_L enters. Also the ratios
+    ip_weight 0 scores ||g_u||^2 alone, else a random g_L enters. contractions: the scorer's
+    contraction_dtype, "bf16" or "fp32" (None: the scorer's default, bf16 under bf16 autocast,
+    else fp32; "fp32" with bf16=True is the pre-2026-12-04 bf16 scorer); tf32: the scorer's
+    allow_tf32 (cuBLAS TF32 matmuls for its float32 contractions; the forward pass and the
+    training step keep torch's defaults). Also the ratios
     scorer / training step and scorer / forward, and the peak GPU memory of the scorer."""
     import timm
     import torch
@@ -430,9 +435,11 @@ def time_scorer(model_name: str, img_size: int, batch: int, device: str = "cpu",
         with autocast(x, dtype):
             model(x)
 
+    ctype = {None: None, "bf16": torch.bfloat16, "fp32": torch.float32}[contractions]
     runners = {"forward": forward, "train_step": _train_step(model, x, opt, bf16),
                "scorer": lambda: dynamical_scores(model, x, g_L=g_L, ip_weight=ip_weight,
-                                                  autocast_dtype=dtype, cuda_graph=cuda_graph)}
+                                                  autocast_dtype=dtype, cuda_graph=cuda_graph,
+                                                  contraction_dtype=ctype, allow_tf32=tf32)}
     cuda = torch.device(device).type == "cuda"
     times: dict[str, list] = {k: [] for k in runners}
     peak = None
@@ -460,6 +467,7 @@ def time_scorer(model_name: str, img_size: int, batch: int, device: str = "cpu",
     out = {f"{k}_ms": statistics.median(v) for k, v in times.items()}
     out.update({"model": model_name, "img": img_size, "batch": batch, "device": str(device),
                 "bf16": bf16, "cuda_graph": cuda_graph, "ip_weight": ip_weight,
+                "contractions": contractions or ("bf16" if bf16 else "fp32"), "tf32": tf32,
                 "repeats": repeats, "torch": torch.__version__,
                 "scorer_vs_train_step": out["scorer_ms"] / out["train_step_ms"],
                 "scorer_vs_forward": out["scorer_ms"] / out["forward_ms"],

@@ -32,7 +32,9 @@ class DynamicAL(Strategy):
     docstring), params ("all" trainable
     parameters or "head": classifier only, an approximation), method ("fast" exact one-pass or
     "vmap" reference), gradient_reduction ("sum" as in the paper or "mean": g_L / N),
-    chunk_size (samples per vmap chunk), mixed_precision (bfloat16 autocast), cuda_graph
+    chunk_size (samples per vmap chunk), mixed_precision (bfloat16 autocast, and the per-layer
+    contractions on its bf16 tensors with float32 accumulation), tf32 (float32 contractions in
+    TF32 on CUDA, as cuDNN already runs the convolutions; off by default), cuda_graph
     (capture each batch shape's scoring call as a CUDA graph and replay it: no launch and host
     overhead a call; GPU only, ignored with a warning on a CPU)."""
 
@@ -44,6 +46,7 @@ class DynamicAL(Strategy):
     chunk_size: int = 32
     mixed_precision: bool = False
     cuda_graph: bool = False
+    tf32: bool = False
 
     def __post_init__(self):
         if isinstance(self.ip_weight, bool) or not isinstance(self.ip_weight, (int, float)) \
@@ -57,7 +60,7 @@ class DynamicAL(Strategy):
         if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) \
                 or self.chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive int, got {self.chunk_size!r}")
-        for option in ("mixed_precision", "cuda_graph"):
+        for option in ("mixed_precision", "cuda_graph", "tf32"):
             if not isinstance(getattr(self, option), bool):
                 raise ValueError(f"{option} must be a bool, got {getattr(self, option)!r}")
 
@@ -95,5 +98,6 @@ class DynamicAL(Strategy):
         scores = dynamical_scores(
             model, x.to(device), ip_weight=float(self.ip_weight), g_L=context, params=self.params,
             method=self.method, chunk_size=self.chunk_size,
-            autocast_dtype=torch.bfloat16 if self.mixed_precision else None, cuda_graph=graph)
+            autocast_dtype=torch.bfloat16 if self.mixed_precision else None, cuda_graph=graph,
+            allow_tf32=self.tf32)
         return scores.cpu()

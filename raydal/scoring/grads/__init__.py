@@ -22,6 +22,8 @@ not synchronise with the host, so ``cuda_graph=True`` can replay it whole.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,12 +64,13 @@ class _NotCapturable(RuntimeError):
 
 
 def _fast_scores(model, x, selected, g_L, ip_weight, autocast_dtype, cdtype, params, chunk_size,
-                 allow_fallback=True) -> torch.Tensor:
+                 ctype=None, allow_fallback=True) -> torch.Tensor:
     """The exact one-pass scores (B,) float64 (fallback for parameters without a rule)."""
     result = ghost_terms(model, x, selected, g_L, autocast_dtype, cdtype,
-                         local_grad=params == "head")
+                         local_grad=params == "head", ctype=ctype)
     if result is None:  # something after the classifier: build the graph everywhere
-        result = ghost_terms(model, x, selected, g_L, autocast_dtype, cdtype, local_grad=False)
+        result = ghost_terms(model, x, selected, g_L, autocast_dtype, cdtype, local_grad=False,
+                             ctype=ctype)
     norm, inner, yhat, rest = result
     if rest:
         if not allow_fallback:
@@ -78,12 +81,29 @@ def _fast_scores(model, x, selected, g_L, ip_weight, autocast_dtype, cdtype, par
     return norm + ip_weight * inner if g_L is not None else norm
 
 
+@contextlib.contextmanager
+def tf32_matmuls(enabled: bool):
+    """torch.backends.cuda.matmul.allow_tf32 = True inside (when enabled), restored after. The
+    flag is read when a cuBLAS kernel is chosen, so a CUDA graph captured inside replays TF32
+    kernels whatever the flag is at replay (the graph key includes the option)."""
+    if not enabled:
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
 def dynamical_scores(model: nn.Module, x: torch.Tensor, labeled_x: torch.Tensor | None = None,
                      labeled_y: torch.Tensor | None = None, ip_weight: float = 2.0, *,
                      g_L: dict[str, torch.Tensor] | None = None, params: str = "all",
                      method: str = "fast", chunk_size: int = 32,
                      autocast_dtype: torch.dtype | None = None,
-                     cuda_graph: bool = False) -> torch.Tensor:
+                     cuda_graph: bool = False, contraction_dtype: torch.dtype | None = None,
+                     allow_tf32: bool = False) -> torch.Tensor:
     """dynamicAL scores ||g_u||^2 + ip_weight * <g_L, g_u> of x (B, ...) on the model's device:
     (B,) float64 on x's device.
 
@@ -93,7 +113,17 @@ def dynamical_scores(model: nn.Module, x: torch.Tensor, labeled_x: torch.Tensor 
     head: one forward pass with a graph around the head alone). method:
     "fast" (exact, per-layer contractions) or "vmap" (chunked torch.func reference, chunk_size
     samples at a time). autocast_dtype: e.g. torch.bfloat16 for the forward/backward passes;
-    per-layer terms are then still computed in float32. cuda_graph: capture the whole "fast"
+    contraction_dtype: the dtype of the per-layer contractions (materialised per-sample weight
+    gradients, Gram products, inner products with g_L). None: bfloat16 when autocast_dtype is
+    bfloat16 and the model float32 (autocast's bf16 A and G used as they come, no upcast copy;
+    matmuls accumulate in float32 inside, norms and sums are taken in float32, small blocks such
+    as biases and norm affine parameters stay float32, g_L's slices are kept in bf16 once per
+    selection), else the model's float32/float64. torch.float32 with bf16 autocast: the
+    contractions in float32 (bf16 A and G upcast, as before 2026-12-04). allow_tf32: on CUDA, let
+    cuBLAS run float32 matmuls/bmm (the contractions) in TF32 for this call
+    (torch.backends.cuda.matmul.allow_tf32 set inside, restored after), as cuDNN already runs
+    the forward/backward convolutions of a training step and of this scorer at torch's
+    defaults; no effect on a CPU or on float64. cuda_graph: capture the whole "fast"
     call (forward with hooks, backward, rules) as a CUDA graph once per model, input shape,
     dtype and options, and replay it (``graphed``; a smaller batch is padded to the captured
     size, exactly); CUDA only (ValueError elsewhere); a model that needs the vmap fallback for
@@ -122,21 +152,31 @@ def dynamical_scores(model: nn.Module, x: torch.Tensor, labeled_x: torch.Tensor 
             g_L = None
         cdtype = torch.float64 if any(p.dtype == torch.float64 for p in selected.values()) \
             else torch.float32
+        if contraction_dtype not in (None, torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError("contraction_dtype must be None, torch.float32, torch.bfloat16 or "
+                             f"torch.float16, got {contraction_dtype!r}")
+        if cdtype == torch.float64:  # the float64 reference stays float64 throughout
+            ctype = cdtype
+        else:
+            ctype = contraction_dtype or (torch.bfloat16 if autocast_dtype == torch.bfloat16
+                                          else cdtype)
         if method == "vmap":
             with torch.no_grad(), autocast(x, autocast_dtype):
                 yhat = model(x).argmax(1)
             norm, inner = fallback.per_sample_terms(model, x, yhat, list(selected), g_L,
                                                     chunk_size, autocast_dtype, cdtype)
             return norm + ip_weight * inner
-        args = (model, x, selected, g_L, ip_weight, autocast_dtype, cdtype, params, chunk_size)
-        if cuda_graph:
-            key = (tuple(selected), params, float(ip_weight), autocast_dtype, g_L is not None,
-                   registry.version)
-            try:
-                return graphed_scores(model, x, lambda xb: _fast_scores(
-                    model, xb, *args[2:], allow_fallback=False), key)
-            except _NotCapturable as err:
-                warn_once(f"graph:{type(model).__qualname__}", "dynamicAL: cuda_graph=True "
-                          "cannot capture %s (%s); scoring it without a graph",
-                          type(model).__name__, err)
-        return _fast_scores(*args)
+        args = (model, x, selected, g_L, ip_weight, autocast_dtype, cdtype, params, chunk_size,
+                ctype)
+        with tf32_matmuls(allow_tf32 and x.device.type == "cuda" and cdtype == torch.float32):
+            if cuda_graph:
+                key = (tuple(selected), params, float(ip_weight), autocast_dtype, g_L is not None,
+                       registry.version, ctype, bool(allow_tf32))
+                try:
+                    return graphed_scores(model, x, lambda xb: _fast_scores(
+                        model, xb, *args[2:], allow_fallback=False), key)
+                except _NotCapturable as err:
+                    warn_once(f"graph:{type(model).__qualname__}", "dynamicAL: cuda_graph=True "
+                              "cannot capture %s (%s); scoring it without a graph",
+                              type(model).__name__, err)
+            return _fast_scores(*args)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raydal.scoring.grads.registry import Block, dot, gram_norm, register_rule, root_terms, \
+from raydal.scoring.grads.registry import Block, acc, dot, gram_norm, register_rule, root_terms, \
     use_gram
 
 
@@ -93,5 +93,5 @@ def conv_terms(m: nn.Module, a, g, wanted: dict) -> list:
         form = gram_weight_terms if use_gram(t, o, i, v is not None) else materialised_weight_terms
         out.append(form(m, a, g, v))
     if "bias" in wanted:
-        out.append(Block("bias", g.sum(tuple(range(2, g.ndim)))))
+        out.append(Block("bias", g.sum(tuple(range(2, g.ndim)), dtype=acc(g))))
     return out

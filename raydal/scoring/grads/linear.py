@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raydal.scoring.grads.registry import Block, RootTerms, dot, gram_norm, register_rule, \
-    root_terms, use_gram
+from raydal.scoring.grads.registry import Block, RootTerms, acc, dot, gram_norm, \
+    register_rule, root_terms, use_gram
 
 
 @register_rule(nn.Linear)
@@ -15,11 +15,11 @@ def linear_terms(m: nn.Module, a, g, wanted: dict) -> list:
     if a.ndim == 2:  # one position (a classifier): the per-sample gradient is the outer product g a^T
         if "weight" in wanted:
             v = wanted["weight"]
-            out.append(RootTerms(torch.linalg.vector_norm(a, dim=1)
-                                 * torch.linalg.vector_norm(g, dim=1),
+            out.append(RootTerms(torch.linalg.vector_norm(a, dim=1, dtype=acc(a))
+                                 * torch.linalg.vector_norm(g, dim=1, dtype=acc(g)),
                                  dot(g, F.linear(a, v)) if v is not None else None))
         if "bias" in wanted:
-            out.append(Block("bias", g))
+            out.append(Block("bias", g if acc(g) is None else g.float()))
         return out
     b = g.shape[0]
     a, g = a.reshape(b, -1, a.shape[-1]), g.reshape(b, -1, g.shape[-1])  # (B, T, in), (B, T, out)
@@ -30,5 +30,5 @@ def linear_terms(m: nn.Module, a, g, wanted: dict) -> list:
         else:
             out.append(root_terms(torch.bmm(g.transpose(1, 2), a), v))
     if "bias" in wanted:
-        out.append(Block("bias", g.sum(1)))
+        out.append(Block("bias", g.sum(1, dtype=acc(g))))
     return out

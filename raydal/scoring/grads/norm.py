@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raydal.scoring.grads.registry import Block, register_rule
+from raydal.scoring.grads.registry import Block, acc, register_rule
 
 
 def affine_terms(g_sum: torch.Tensor, g_xhat: torch.Tensor | None, wanted: dict) -> list:
@@ -23,12 +23,17 @@ def affine_terms(g_sum: torch.Tensor, g_xhat: torch.Tensor | None, wanted: dict)
 
 
 def channel_dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(B, C, *S) x (B, C, *S) -> (B, C) sums over positions (a mul and a sum)."""
-    return torch.mul(x, y).sum(tuple(range(2, x.ndim))) if x.ndim > 2 else x * y
+    """(B, C, *S) x (B, C, *S) -> (B, C) sums over positions (a mul and a sum; float32 sums of
+    half-precision inputs)."""
+    if x.ndim > 2:
+        return torch.mul(x, y).sum(tuple(range(2, x.ndim)), dtype=acc(x))
+    return x * y if acc(x) is None else torch.mul(x, y).float()
 
 
 def _position_sum(g: torch.Tensor) -> torch.Tensor:
-    return g.sum(tuple(range(2, g.ndim))) if g.ndim > 2 else g
+    if g.ndim > 2:
+        return g.sum(tuple(range(2, g.ndim)), dtype=acc(g))
+    return g if acc(g) is None else g.float()
 
 
 def _has_running_stats(m: nn.Module) -> bool:
@@ -62,7 +67,7 @@ def batchnorm_terms(m: nn.Module, a, g, wanted: dict) -> list:
     g_sum = _position_sum(g)
     g_xhat = None
     if "weight" in wanted:
-        mean, rstd = _mean_rstd(m, g.dtype)
+        mean, rstd = _mean_rstd(m, g_sum.dtype)  # float32 for bf16 contractions
         g_xhat = torch.addcmul(channel_dot(g, a), mean, g_sum, value=-1).mul_(rstd)
     return affine_terms(g_sum, g_xhat, wanted)
 
@@ -78,4 +83,4 @@ def layernorm_terms(m: nn.Module, a, g, wanted: dict) -> list:
     shape, b = m.normalized_shape, a.shape[0]
     xhat = F.layer_norm(a, shape, eps=m.eps)
     g, xhat = g.reshape(b, -1, *shape), xhat.reshape(b, -1, *shape)  # (B, positions, *shape)
-    return affine_terms(g.sum(1), torch.mul(g, xhat).sum(1), wanted)
+    return affine_terms(g.sum(1, dtype=acc(g)), torch.mul(g, xhat).sum(1, dtype=acc(g)), wanted)

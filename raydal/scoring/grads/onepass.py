@@ -32,6 +32,10 @@ class _Collector:
                 self.block_names.append(names[item.param])
             else:
                 norm, inner = item
+                if norm.dtype != inner_dtype(norm):  # half-precision contractions: float32 sums
+                    norm = norm.float()
+                if inner is not None and inner.dtype != inner_dtype(inner):
+                    inner = inner.float()
                 (self.roots if isinstance(item, RootTerms) else self.norms).append(norm)
                 if inner is not None:
                     self.inners.append(inner)
@@ -54,6 +58,10 @@ class _Collector:
         return _total(norms) if norms else zero(), _total(inners) if inners else zero()
 
 
+def inner_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float32 if t.dtype in (torch.bfloat16, torch.float16) else t.dtype
+
+
 def _total(parts: list) -> torch.Tensor:
     out = parts[0]
     for p in parts[1:]:
@@ -73,9 +81,9 @@ class _Site:
     case (``fired`` tells)."""
 
     def __init__(self, module: nn.Module, rule: Rule, wanted: dict, names: dict,
-                 collector: _Collector, cdtype):
+                 collector: _Collector, ctype):
         self.module, self.rule, self.wanted, self.names = module, rule, wanted, names
-        self.collector, self.cdtype = collector, cdtype
+        self.collector, self.ctype = collector, ctype
         self.calls, self.batch, self.a, self.root_input, self.fired = 0, None, None, False, False
 
     def attach(self, tap: str | None, probe: torch.Tensor, local_grad: bool,
@@ -118,12 +126,12 @@ class _Site:
         if a._version != version:
             raise RuntimeError(f"the input of {type(self.module).__name__} was modified in place "
                                "after the layer ran; per-sample gradients would be wrong")
-        cdtype = self.cdtype
+        ctype = self.ctype  # the contraction dtype: float32/64, or bf16 A and G as they come
         with torch.autocast(g.device.type, enabled=False):
-            if a.is_floating_point() and a.dtype != cdtype:
-                a = a.to(cdtype)
-            if g.dtype != cdtype:
-                g = g.to(cdtype)
+            if a.is_floating_point() and a.dtype != ctype:
+                a = a.to(ctype)
+            if g.dtype != ctype:
+                g = g.to(ctype)
             self.collector.add(self.rule(self.module, a, g, self.wanted), self.names)
 
 
@@ -173,6 +181,7 @@ class ModelCache:
         self.plan_key, self.plan = None, None
         self.g_L_key, self.g_L_src, self.g_L = None, None, {}
         self.vectors: dict[tuple, torch.Tensor] = {}
+        self.casts: dict[torch.dtype, dict] = {}  # g_L in a contraction dtype (bf16)
 
     def plan_for(self, model: nn.Module, selected: dict) -> tuple[list, dict, list]:
         key = (registry.version, id(registry._RULES), tuple(selected),
@@ -202,6 +211,23 @@ class ModelCache:
         self.g_L, self.g_L_src, self.g_L_key = out, g_L, key
         for names, v in list(self.vectors.items()):
             self.vectors[names] = self._concat(names, v)
+        for dtype in list(self.casts):
+            self.casts[dtype] = self._cast(dtype, self.casts[dtype])
+        return out
+
+    def g_L_as(self, dtype: torch.dtype) -> dict:
+        """The device g_L in dtype (bf16 contractions), converted once per selection and filled
+        in place when g_L changes (a captured graph keeps reading it)."""
+        if dtype not in self.casts:
+            self.casts[dtype] = self._cast(dtype, {})
+        return self.casts[dtype]
+
+    def _cast(self, dtype: torch.dtype, old: dict) -> dict:
+        out = {}
+        for n, t in self.g_L.items():
+            o = old.get(n)
+            out[n] = o.copy_(t) if o is not None and o.shape == t.shape \
+                and o.device == t.device else t.to(dtype, copy=True)
         return out
 
     def block_vector(self, names: tuple) -> torch.Tensor:
@@ -233,20 +259,26 @@ def model_cache(model: nn.Module, selected: dict) -> ModelCache:
 
 
 def ghost_terms(model, x, selected, g_L, autocast_dtype, cdtype, local_grad, probe_all=False,
-                cache: ModelCache | None = None):
+                cache: ModelCache | None = None, ctype: torch.dtype | None = None):
     """One forward + one backward of the summed pseudo-label loss. Returns ((B,) float64 squared
     norms, (B,) float64 inner products, (B,) pseudo-labels, names left to the fallback), or None
     when local_grad cut the graph (the logits are not a function of the hooked modules). A site
     the backward pass missed (a branch that starts from parameters alone) makes it run again
     with the probe on every site. g_L: on the parameters' devices (``ModelCache.device_g_L``)
-    or None. No host synchronisation: a CUDA graph can capture it."""
+    or None. ctype: the dtype the rules contract A and G in (default cdtype); bf16 hands them
+    autocast's bf16 tensors without an upcast copy, with g_L's slices in bf16 and float32 sums
+    (small blocks, e.g. biases and norm affine parameters, stay float32). No host
+    synchronisation: a CUDA graph can capture it."""
     b = x.shape[0]
     cache = cache if cache is not None else model_cache(model, selected)
     plan, loose, rest = cache.plan_for(model, selected)
+    ctype = ctype or cdtype
     wanted = lambda full: g_L[full] if g_L is not None else None  # noqa: E731
+    g_c = g_L if g_L is None or ctype == cdtype else cache.g_L_as(ctype)
+    wanted_c = lambda full: g_c[full] if g_c is not None else None  # noqa: E731
     probe = torch.zeros((), dtype=cdtype, device=x.device, requires_grad=True)
     collector = _Collector()
-    sites = [(_Site(m, rule, {s: wanted(f) for s, f in names.items()}, names, collector, cdtype),
+    sites = [(_Site(m, rule, {s: wanted_c(f) for s, f in names.items()}, names, collector, ctype),
               tap, names) for m, rule, tap, names in plan]
     # a loose parameter p (1, ...) is swapped for a per-sample copy (B, ...): its gradient is then
     # the per-sample gradient, given that the model broadcasts it over the batch
@@ -285,7 +317,7 @@ def ghost_terms(model, x, selected, g_L, autocast_dtype, cdtype, local_grad, pro
             h.remove()
     if missed and not probe_all:
         return ghost_terms(model, x, selected, g_L, autocast_dtype, cdtype, local_grad,
-                           probe_all=True, cache=cache)
+                           probe_all=True, cache=cache, ctype=ctype)
     norm, inner = collector.reduce(b, x.device,
                                    cache.block_vector if g_L is not None else lambda names: None)
     return norm, inner, yhat, rest

@@ -46,7 +46,8 @@ def register_rule(*module_types: type, params: tuple[str, ...] = ("weight", "bia
     """Decorator registering ``rule(module, a, g, wanted)`` for the given module types.
 
     a: the module's input (B, ...); g: the gradient of the summed loss w.r.t. its output (B, ...)
-    (float32, or float64 for float64 models); wanted: {name in params: g_L slice shaped like the
+    (float32, float64 for float64 models, or bfloat16 with ``contraction_dtype=torch.bfloat16``,
+    the slices of g_L then bfloat16 too: reduce with ``acc`` and return float32 where you can); wanted: {name in params: g_L slice shaped like the
     parameter, or None}. The rule returns, for each wanted parameter, the pair ((B,) squared
     norms of the per-sample gradients, (B,) their inner products with the g_L slice, or None when
     the slice is None). A module of a registered type, or of a subclass that does not override
@@ -110,25 +111,32 @@ class RootTerms(NamedTuple):
     inner: "torch.Tensor | None"
 
 
+def acc(t: torch.Tensor) -> torch.dtype | None:
+    """The dtype to reduce t in: float32 for bf16/fp16 contractions (the mixed-precision path:
+    reductions read the half-precision tensor and accumulate and return float32, no upcast copy),
+    None (t's own) otherwise."""
+    return torch.float32 if t.dtype in (torch.bfloat16, torch.float16) else None
+
+
 def flat_terms(per_sample: torch.Tensor, v: torch.Tensor | None) -> Terms:
     """per_sample (B, ...) gradients, v (...) -> ((B,) squared norms, (B,) <., v> or None)."""
     flat = per_sample.reshape(per_sample.shape[0], -1)
     # vector_norm is one vectorised pass; square().sum() makes two
-    return torch.linalg.vector_norm(flat, dim=1).square(), \
+    return torch.linalg.vector_norm(flat, dim=1, dtype=acc(flat)).square(), \
         (torch.mv(flat, v.reshape(-1)) if v is not None else None)
 
 
 def root_terms(per_sample: torch.Tensor, v: torch.Tensor | None) -> RootTerms:
     """flat_terms with the norm left unsquared (the scorer squares all of a call's at once)."""
     flat = per_sample.reshape(per_sample.shape[0], -1)
-    return RootTerms(torch.linalg.vector_norm(flat, dim=1),
+    return RootTerms(torch.linalg.vector_norm(flat, dim=1, dtype=acc(flat)),
                      torch.mv(flat, v.reshape(-1)) if v is not None else None)
 
 
 def dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(B, ...) x (B, ...) -> (B,) per-sample inner products (a mul and a sum: einsum would
-    dispatch a permute, reshapes and a bmm)."""
-    return torch.mul(x, y).sum(tuple(range(1, x.ndim))) if x.ndim > 1 else x * y
+    dispatch a permute, reshapes and a bmm); summed in float32 for half-precision inputs."""
+    return torch.mul(x, y).sum(tuple(range(1, x.ndim)), dtype=acc(x)) if x.ndim > 1 else x * y
 
 
 def gram_norm(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

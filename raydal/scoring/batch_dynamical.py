@@ -64,7 +64,7 @@ class DynamicALBatch(SetStrategy):
     oversample (candidates kept = oversample x budget)."""
 
     name: ClassVar[str] = "dynamicAL_batch"
-    ip_weight: float = 0.0
+    ip_weight: float = 2.0
     params: str = "all"
     gradient_reduction: str = "sum"
     diversity: float = 1.0

@@ -1,17 +1,18 @@
 """dynamicAL (Wang et al., NeurIPS 2022): pick the pool samples that most speed up training.
 
-score(u) = ||g_u||^2 + ip_weight * <g_L, g_u>, g_u the pseudo-label gradient of candidate u and g_L
-the labeled set's summed gradient (computed once per round by ``prepare``, shipped to the actors).
-The maths is in ``raydal.scoring.grads``.
+``dynamicAL`` is the paper's score: s(u) = ||g_u||^2 + ip_weight * <g_L, g_u> with ip_weight 2,
+g_u the pseudo-label gradient of candidate u over all trainable parameters (eval mode) and g_L the
+labeled set's summed gradient with true labels (computed once per round by ``prepare``, shipped
+to the actors). ``gradnorm`` is the paper's ablation, ||g_u||^2 alone: it needs no labeled set and
+ranks the pool much like entropy (Spearman 0.97-0.99 in docs/quality.md) while weighing in the
+whole network's gradient. Until 2026-12-04 ``dynamicAL`` with no options meant ``gradnorm``: the
+results written before then name it so (docs/quality.md says which). The maths is in
+``raydal.scoring.grads``.
 
-Default ip_weight = 0 (the paper's ||g_u||^2-only ablation), not the paper's 2, because it wins
-in benchmarks/al_quality.py (README "Does it select better?"). The paper's analysis assumes
-training converged, where g_L = 0 and the two agree; after real training (Adam, mini-batches,
-BatchNorm's train/eval gap) the summed g_L was measured 2-4 orders of magnitude above a typical
-||g_u||, so 2 <g_L, g_u> made up 97-99% of the picks' scores and the picks were redundant (mean
-pairwise gradient cosine 0.13-0.49 against 0.03 for random picks) and piled into one class (up
-to 69% of a batch). ||g_u||^2 alone ranks the pool like entropy (Spearman 0.97-0.99) but weighs
-in the whole network's gradient. ip_weight=2 restores the paper's score.
+Why the two are kept apart: the paper's analysis assumes training converged, where g_L = 0 and the
+two agree; after real training (Adam, mini-batches, BatchNorm's train/eval gap) the summed g_L was
+measured 2-4 orders of magnitude above a typical ||g_u||, so 2 <g_L, g_u> made up 97-99% of the
+picks' scores. Which one selects better is measured, not assumed (docs/quality.md).
 """
 from __future__ import annotations
 
@@ -28,8 +29,7 @@ from raydal.scoring.grads.common import warn_once
 @register_strategy
 @dataclass
 class DynamicAL(Strategy):
-    """Options: ip_weight (default 0: ||g_u||^2 only; 2 in the paper, see the module
-    docstring), params ("all" trainable
+    """Options: ip_weight (default 2, the paper's; 0 is ``gradnorm``), params ("all" trainable
     parameters or "head": classifier only, an approximation), method ("fast" exact one-pass or
     "vmap" reference), gradient_reduction ("sum" as in the paper or "mean": g_L / N),
     chunk_size (samples per vmap chunk), mixed_precision (bfloat16 autocast, and the per-layer
@@ -39,7 +39,7 @@ class DynamicAL(Strategy):
     overhead a call; GPU only, ignored with a warning on a CPU)."""
 
     name: ClassVar[str] = "dynamicAL"
-    ip_weight: float = 0.0
+    ip_weight: float = 2.0
     params: str = "all"
     method: str = "fast"
     gradient_reduction: str = "sum"
@@ -101,3 +101,20 @@ class DynamicAL(Strategy):
             autocast_dtype=torch.bfloat16 if self.mixed_precision else None, cuda_graph=graph,
             allow_tf32=self.tf32)
         return scores.cpu()
+
+
+@register_strategy
+@dataclass
+class GradNorm(DynamicAL):
+    """||g_u||^2 alone: dynamicAL's ablation without the labeled-set term (no labels needed).
+    Options as ``dynamicAL``'s; ip_weight is 0 (use ``dynamicAL`` for the inner product)."""
+
+    name: ClassVar[str] = "gradnorm"
+    ip_weight: float = 0.0
+
+    def __post_init__(self):
+        if self.ip_weight != 0:
+            raise ValueError(f"ip_weight is 0 for gradnorm (||g_u||^2 alone), got "
+                             f"{self.ip_weight!r}; use strategy dynamicAL for the inner-product "
+                             "term")
+        super().__post_init__()

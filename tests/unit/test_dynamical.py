@@ -299,8 +299,14 @@ def test_strategy_matches_function():
     x = torch.randn(4, 1, 32, 32, dtype=torch.float64)
     lx, ly = torch.randn(5, 1, 32, 32, dtype=torch.float64), torch.randint(0, 10, (5,))
     batches = [(lx[:3], ly[:3]), (lx[3:], ly[3:])]  # prepare sums over streamed batches
-    assert not create_strategy("dynamicAL").needs_labeled  # default ip_weight 0: no g_L
-    strategy = create_strategy("dynamicAL", ip_weight=2.0)
+    assert create_strategy("dynamicAL").ip_weight == 2.0  # the paper's score by default
+    gradnorm = create_strategy("gradnorm")  # ||g_u||^2 alone: no g_L, no labels
+    assert not gradnorm.needs_labeled and gradnorm.ip_weight == 0
+    assert_close(gradnorm.score(model, x, ["a"] * 4, None),
+                 dynamical_scores(model, x, ip_weight=0.0))
+    with pytest.raises(ValueError, match="ip_weight is 0 for gradnorm.*use strategy dynamicAL"):
+        create_strategy("gradnorm", ip_weight=2.0)
+    strategy = create_strategy("dynamicAL")
     assert isinstance(strategy, DynamicAL) and strategy.needs_labeled
     context = strategy.prepare(model, batches)
     assert all(t.device.type == "cpu" for t in context.values())

@@ -77,7 +77,7 @@ def decode_labeled(batch: dict[str, np.ndarray], labels_ref: list, spec: InputSp
         y = np.asarray([labels[i] for i in kept], dtype=np.int64)
     else:
         y = np.asarray(batch["label"], dtype=np.int64)[keep][ok]
-    return {"x": arr, "label": y}
+    return {"id": kept.astype(str), "x": arr, "label": y}
 
 
 def decoded_dataset(pool: Pool, spec: InputSpec, labels: Mapping[str, int] | None = None):
@@ -101,10 +101,19 @@ def held_here(ds):
     some of them would leave a restarted trainer waiting forever. Decoded in parallel by Ray
     Data, then held by the driver, the rows outlive any worker node. (Decoding inside the
     training task instead deadlocks: its CPU is the one its decode tasks would need.)
+
+    The rows are put in id order, in as many blocks as were decoded: Ray Data hands decoded
+    blocks over in the order their tasks finish, and training (a seeded shuffle of this order)
+    must see the same order in a resumed run as in an uninterrupted one.
     """
+    import pyarrow as pa
     import ray.data
-    blocks = list(ds.iter_batches(batch_size=None, batch_format="pyarrow"))
-    return ray.data.from_arrow(blocks) if blocks else ds.materialize()
+    blocks = [b for b in ds.iter_batches(batch_size=None, batch_format="pyarrow") if len(b)]
+    if not blocks:
+        return ds.materialize()
+    table = pa.concat_tables(blocks).sort_by("id").drop_columns(["id"])
+    step = -(-len(table) // len(blocks))
+    return ray.data.from_arrow([table.slice(s, step) for s in range(0, len(table), step)])
 
 
 def _train_func(config: dict) -> None:

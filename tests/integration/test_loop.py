@@ -73,10 +73,13 @@ def test_resume_refuses_a_different_config(finished_run, fashion_mnist):
         ActiveLoop(small_config(fashion_mnist, run_dir, per_round=31)).run()
 
 
-@pytest.mark.parametrize("phase", ["select-1", "selected-1", "label-1", "train-1"])
+@pytest.mark.parametrize("phase", ["selected-0", "select-1", "selected-1", "label-1",
+                                   "train-1"])
 def test_driver_killed_in_any_phase_resumes_with_nothing_lost(
         ray_cluster, fashion_mnist, finished_run, tmp_path, phase):
-    """SIGKILL a real driver process in a phase of round 1, resume, compare with a clean run."""
+    """SIGKILL a real driver process in a phase (right after round 0's random picks are written,
+    or in round 1), resume, compare with a clean run: the same labels, the same picks in the
+    same order and the same test accuracies (the run asked for, not another one)."""
     run_dir = tmp_path / "run"
     cfg = small_config(fashion_mnist, run_dir)
     cfg_path = tmp_path / "config.yaml"
@@ -88,7 +91,7 @@ def test_driver_killed_in_any_phase_resumes_with_nothing_lost(
     assert driver.returncode == -signal.SIGKILL, driver.stderr.decode()[-3000:]
     target = run_dir / "selections" / "round-0001.parquet"
     selection = target.read_bytes() if target.exists() else None
-    assert (selection is None) == (phase == "select-1")
+    assert (selection is None) == (phase in ("selected-0", "select-1"))
 
     rows = ActiveLoop(cfg).run()  # resume in this process
     if selection is not None:
@@ -102,6 +105,9 @@ def test_driver_killed_in_any_phase_resumes_with_nothing_lost(
     ref_dir, ref_rows = finished_run
     assert sorted(ids) == sorted(LabelLog(ref_dir / "labels").table().column("id").to_pylist())
     assert [r["num_labeled"] for r in rows] == [r["num_labeled"] for r in ref_rows]
+    ref_picks = pq.read_table(ref_dir / "selections" / "round-0001.parquet")
+    assert pq.read_table(target).column("id").to_pylist() == ref_picks.column("id").to_pylist()
+    assert [r["test_accuracy"] for r in rows] == [r["test_accuracy"] for r in ref_rows]
     assert not (run_dir / "ray_train").exists() or not any((run_dir / "ray_train").iterdir())
 
 

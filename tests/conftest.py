@@ -47,6 +47,26 @@ def random_images():
 
 
 @pytest.fixture(scope="session")
+def labeled_pool_files():
+    """Writes a pool of ``n`` random 28x28 images, its truth (label = index % classes) and a test
+    set of the first ``num_test`` rows into a folder; returns the pool's ids."""
+    def make(folder: Path, n: int, classes: int, num_test: int) -> list[str]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        from raydal.pool import Pool
+        x = np.random.default_rng(0).integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        pool = Pool.from_numpy(x, path=folder / "pool.parquet")
+        ids = [i for chunk in pool.iter_ids() for i in chunk]
+        y = np.arange(n) % classes
+        pq.write_table(pa.table({"id": ids, "label": y}), folder / "truth.parquet")
+        test = pq.read_table(folder / "pool.parquet").slice(0, num_test)
+        pq.write_table(test.append_column("label", pa.array(y[:num_test])),
+                       folder / "test.parquet")
+        return ids
+    return make
+
+
+@pytest.fixture(scope="session")
 def s3_server():
     """A real S3-compatible server (moto) on loopback for the session; yields "host:port".
 

@@ -4,8 +4,6 @@ config change before any label, a killed training attempt's leftovers)."""
 import hashlib
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -15,7 +13,6 @@ from raydal.config import parse_config
 from raydal.errors import PoolError, RunDirError
 from raydal.fs import resolve
 from raydal.loop import ActiveLoop
-from raydal.pool import Pool
 from raydal.run_dir import MADE_IN, MARKER, claim, remove_made
 
 pytestmark = pytest.mark.integration
@@ -24,15 +21,9 @@ FOLDERS = ["", *MADE_IN]
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tmp_path_factory, labeled_pool_files):
     d = tmp_path_factory.mktemp("ownership")
-    x = np.random.default_rng(0).integers(0, 256, (40, 28, 28), dtype=np.uint8)
-    pool = Pool.from_numpy(x, path=d / "pool.parquet")
-    ids = [i for chunk in pool.iter_ids() for i in chunk]
-    y = np.arange(40) % 2
-    pq.write_table(pa.table({"id": ids, "label": y}), d / "truth.parquet")
-    test = pq.read_table(d / "pool.parquet").slice(0, 10)
-    pq.write_table(test.append_column("label", pa.array(y[:10])), d / "test.parquet")
+    labeled_pool_files(d, 40, 2, 10)
     return d
 
 

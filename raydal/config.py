@@ -198,6 +198,10 @@ class SelectionConfig(_Section):
         "tasks that decode and score; auto: staged when num_gpus_per_actor > 0")
     decode_tasks: int | None = Field(None, ge=1, description="staged: most decode tasks at "
                                      "a time, 1 CPU each (null: as many as CPUs are free)")
+    balance: Literal["none", "proportional", "equal"] = Field(
+        "none", description="class-balanced query (per-sample strategies): quotas per class "
+        "the model predicts, proportional to the pool's predicted classes or equal per class; "
+        "round 0's random picks are never balanced")
 
 
 class TrainingConfig(_Section):

@@ -280,6 +280,7 @@ class ActiveLoop:
                          num_gpus_per_actor=s.num_gpus_per_actor,
                          num_cpus_per_actor=s.num_cpus_per_actor,
                          pipeline=s.pipeline, decode_tasks=s.decode_tasks,
+                         balance=s.balance if r else "none",  # round 0: random, no model
                          input_spec=self.model_spec(data.num_classes).input_spec,
                          progress=cfg.progress, resource_wait_s=cfg.ray.resource_wait_s)
             hooks.point(f"select-{r}")  # scored, nothing written yet

@@ -26,6 +26,12 @@ that dies is retried by Ray Data with the same rows; the driver's merge is exact
 embed each batch and keep its ``candidates`` (rows + features), the driver's
 StreamingCandidates reduces their union and runs ``pick`` -- an approximation of the
 single-process algorithm, measured in that module.
+
+Class-balanced picks (``select(balance=)``, per-sample strategies only): each scorer also
+predicts each candidate's class (``Strategy.score_with_classes``), keeps a running top-k per
+class (``RunningClassTopK``) and counts its candidates per class; the driver merges per class and
+sums the counts (``StreamingBalancedTopK``), then fills the quotas: exactly
+``raydal.merge.balanced_top_k`` of the whole pool, for either pipeline and any sharding.
 """
 from __future__ import annotations
 
@@ -42,8 +48,9 @@ import pyarrow as pa
 import ray
 import torch
 
-from raydal.errors import SelectionError
-from raydal.merge import RunningTopK, StreamingTopK
+from raydal.errors import ConfigError, SelectionError
+from raydal.merge import (BALANCES, RunningClassTopK, RunningTopK, StreamingBalancedTopK,
+                          StreamingTopK, class_counts)
 from raydal.models import ModelSpec, load_checkpoint, read_checkpoint_meta
 from raydal.pool import Pool
 from raydal.resources import schedulable, selection_demand
@@ -68,6 +75,9 @@ class Selection:
     startup_rows: int = 0         # rows scored (or skipped) in that first batch
     nodes: list[str] = field(default_factory=list)  # Ray node ids of the scoring tasks
     pipeline: str = ""            # "staged" or "fused" (see the module docstring)
+    balance: str = "none"         # see ``select``
+    classes: list[int] = field(default_factory=list)  # balanced: each pick's predicted class
+    class_counts: list[int] = field(default_factory=list)  # balanced: candidates per class
 
     def to_table(self) -> pa.Table:
         return pa.table({"id": pa.array(self.ids, pa.string()),
@@ -145,6 +155,7 @@ class ScoringJob:
     batch_size: int
     num_gpus: float = 0.0
     num_threads: int = 1
+    balance: str = "none"  # not "none": rows carry their predicted class (see ``select``)
 
 
 class Scorer:
@@ -153,7 +164,8 @@ class Scorer:
     def __init__(self, job: ScoringJob):
         self.job, self.strategy = job, job.strategy
         self.device = _device(job.num_gpus)
-        self.model, self.spec = (job.source.load(self.device) if job.strategy.needs_model
+        needs_model = job.strategy.needs_model or job.balance != "none"  # classes need it
+        self.model, self.spec = (job.source.load(self.device) if needs_model
                                  else (None, job.source.spec()))
         self.context = ray.get(job.context_ref[0])
         self.labeled = ray.get(job.labeled_ref[0]) if job.labeled_ref else frozenset()
@@ -165,7 +177,7 @@ class Scorer:
         strategy's candidates), skipped rows with their reason, and the count of rows scored.
         Stateless across blocks: a retried block gives the same rows. An empty block gives the
         same columns with no rows."""
-        running = RunningTopK(self.job.k)
+        running = self._running()
         starts = range(0, len(block["id"]), self.job.batch_size) or [0]
         outs = [self._decode_and_score({c: v[s:s + self.job.batch_size]
                                         for c, v in block.items()}, running) for s in starts]
@@ -174,7 +186,7 @@ class Scorer:
     def score_decoded(self, block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Staged pipeline: the same for a block of ``decode_block``'s output (id, image uint8
         (N, C, S, S), status)."""
-        running = RunningTopK(self.job.k)
+        running = self._running()
         b = self.job.batch_size
         outs = []
         for s in range(0, len(block["id"]), b) or [0]:
@@ -187,8 +199,13 @@ class Scorer:
             outs.append(self._score_rows(ids, arr, ok, bad, running))
         return _concat(outs)
 
-    def _decode_and_score(self, batch: dict[str, np.ndarray], running: RunningTopK
-                          ) -> dict[str, np.ndarray]:
+    def _running(self) -> RunningTopK | RunningClassTopK:
+        """A call's running top-k: one per predicted class when balanced."""
+        return (RunningTopK(self.job.k) if self.job.balance == "none"
+                else RunningClassTopK(self.job.k))
+
+    def _decode_and_score(self, batch: dict[str, np.ndarray],
+                          running: RunningTopK | RunningClassTopK) -> dict[str, np.ndarray]:
         ids = np.asarray([str(i) for i in batch["id"]], dtype=object)
         fresh = np.fromiter((i not in self.labeled for i in ids), bool, len(ids))
         ids = ids[fresh]
@@ -207,14 +224,30 @@ class Scorer:
         return normalise(x, self.spec)
 
     def _score_rows(self, ids: np.ndarray, arr: np.ndarray, ok: list[int],
-                    bad: list[tuple[int, str]], running: RunningTopK) -> dict[str, np.ndarray]:
+                    bad: list[tuple[int, str]], running: RunningTopK | RunningClassTopK
+                    ) -> dict[str, np.ndarray]:
         """ids (N,) of a batch; arr (len(ok), C, S, S) uint8 images of its rows ``ok``; ``bad``
-        (index, reason) of the rest."""
+        (index, reason) of the rest. Balanced: columns ``class`` (each row's predicted class,
+        -1 for a bad row) and ``class_counts`` (the batch's candidates per class as int64
+        bytes, on the row that carries ``n_scored``; b"" elsewhere)."""
         out_ids: list[str] = []
         out_scores: list[float] = []
         out_feats: list[bytes] = []
+        out_classes: list[int] = []
+        counts = np.zeros(0, dtype=np.int64)
         if ok and isinstance(self.strategy, SetStrategy):
             out_ids, out_scores, out_feats = self._set_candidates(arr, [ids[i] for i in ok])
+        elif ok and self.job.balance != "none":
+            ok_ids = [ids[i] for i in ok]
+            scores, classes = self.strategy.score_with_classes(
+                self.model, self._input(arr), ok_ids, self.context)
+            scores = scores.detach().double().cpu().numpy()
+            classes = classes.detach().cpu().numpy().astype(np.int64)
+            counts = class_counts(classes, scores)
+            top_ids, top_scores, top_classes = running.admit(np.asarray(ok_ids, dtype=str),
+                                                             scores, classes)
+            out_ids, out_scores = top_ids.tolist(), top_scores.tolist()
+            out_classes = top_classes.tolist()
         elif ok:
             ok_ids = [ids[i] for i in ok]
             scores = self.strategy.score(self.model, self._input(arr), ok_ids, self.context)
@@ -224,15 +257,18 @@ class Scorer:
         status = [""] * len(out_ids) + [reason for _, reason in bad]
         out_ids += [ids[i] for i, _ in bad]
         out_scores += [float("nan")] * len(bad)
+        out_classes += [-1] * len(bad)
         if ok and not out_ids:  # nothing passed on: one row that only carries the count
             out_ids, out_scores, status = [""], [float("nan")], [COUNT_ONLY]
+            out_classes = [-1]
         n_scored = np.zeros(len(out_ids), dtype=np.int64)
         if len(out_ids):
             n_scored[0] = len(ok)
         return {"id": np.asarray(out_ids, dtype=object), "score": np.asarray(out_scores),
                 "node": np.full(len(out_ids), self.node, dtype=object),
                 "status": np.asarray(status, dtype=object), "n_scored": n_scored,
-                **self._feature_column(out_feats, len(bad))}
+                **self._feature_column(out_feats, len(bad)),
+                **self._class_columns(out_classes, counts)}
 
     def _set_candidates(self, arr: np.ndarray, ok_ids: list[str]
                         ) -> tuple[list[str], list[float], list[bytes]]:
@@ -243,6 +279,14 @@ class Scorer:
                                         self.strategy.num_candidates(self.job.k), self.context)
         return ([ok_ids[i] for i in keep], [0.0] * len(keep),
                 [np.ascontiguousarray(feats[i], dtype=np.float32).tobytes() for i in keep])
+
+    def _class_columns(self, classes: list[int], counts: np.ndarray) -> dict[str, np.ndarray]:
+        if self.job.balance == "none":
+            return {}
+        carried = np.full(len(classes), b"", dtype=object)
+        if len(classes):
+            carried[0] = counts.tobytes()
+        return {"class": np.asarray(classes, dtype=np.int64), "class_counts": carried}
 
     def _feature_column(self, feats: list[bytes], num_bad: int) -> dict[str, np.ndarray]:
         if not isinstance(self.strategy, SetStrategy):
@@ -402,7 +446,7 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
            batch_size: int = 256, num_gpus_per_actor: float = 0.0,
            num_cpus_per_actor: float = 0.5, input_spec: InputSpec | None = None,
            progress: bool = True, resource_wait_s: float = 0.0, pipeline: str = "auto",
-           decode_tasks: int | None = None) -> Selection:
+           decode_tasks: int | None = None, balance: str = "none") -> Selection:
     """Pick the ``budget`` best unlabeled samples of ``pool``.
 
     model: a raydal checkpoint folder, or a torch module; a module needs ``input_spec`` unless
@@ -420,6 +464,13 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
     as the CPUs the scorers leave free. The scorers must leave a CPU free for a decode (staged)
     or read (fused) task: a request the cluster cannot place raises ResourceError (after
     waiting up to ``resource_wait_s`` seconds for an autoscaling cluster to grow).
+    balance: "none" (the ``budget`` best scores), or a class-balanced query over the classes
+    the model predicts for the unlabeled pool: "proportional" (quotas proportional to each
+    predicted class's share of the pool) or "equal" (the same quota for every class predicted
+    at least once); largest-remainder rounding, ties to the smaller class; quota a class
+    cannot fill goes to the best rows left of any class (``raydal.merge.balanced_top_k``, which
+    the result equals exactly). Per-sample strategies only (ConfigError for a set-based one);
+    needs a model, also for "random". ``Selection.classes`` holds each pick's predicted class.
     SelectionError if no unlabeled image could be used.
     Ray is started (or joined: RAY_ADDRESS, then the last ``ray start``) if this process has
     not done so (``raydal.connect``).
@@ -432,6 +483,7 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
     if decode_tasks is not None and decode_tasks < 1:
         raise ValueError(f"decode_tasks must be a positive int or None, got {decode_tasks}")
     pipeline = pipeline_for(pipeline, num_gpus_per_actor)
+    check_balance(balance, strategy if isinstance(strategy, Strategy) else None)
     if not ray.is_initialized():  # ray.nodes() and ray.put would refuse; Ray Data would not
         from raydal.connect import connect
         connect()
@@ -440,11 +492,15 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
         pool = pool if isinstance(pool, Pool) else Pool(pool)
         if isinstance(strategy, str):
             strategy = create_strategy(strategy, **(strategy_options or {}))
+            check_balance(balance, strategy)
         labels = dict(labeled) if isinstance(labeled, Mapping) else {i: -1 for i in (labeled or [])}
         source = model_source(model, input_spec, pool)
         check_shared({"pool": pool.path, "model": source.checkpoint})  # many nodes, local paths
         if strategy.needs_model and source.checkpoint is None and source.module_ref is None:
             raise ValueError(f"strategy {strategy.name!r} needs a model; pass model=")
+        if balance != "none" and source.checkpoint is None and source.module_ref is None:
+            raise ValueError(f"balance={balance!r} predicts each candidate's class with the "
+                             "model; pass model= (a checkpoint or a module)")
 
         context_ref = ray.put(None)
         if strategy.needs_labeled:
@@ -472,7 +528,7 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
         labeled_ref = [ray.put(frozenset(labels))]
         job = ScoringJob(uuid.uuid4().hex, source, pool, strategy, [context_ref],
                          labeled_ref if pipeline == "fused" else None, budget, batch_size,
-                         num_gpus_per_actor, int(max(1, num_cpus_per_actor)))
+                         num_gpus_per_actor, int(max(1, num_cpus_per_actor)), balance)
         if pipeline == "fused":
             # a block a call; Ray Data wants an explicit batch size for GPU tasks: about a
             # block's rows
@@ -500,7 +556,9 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
                 num_gpus=num_gpus_per_actor, num_cpus=num_cpus_per_actor)
 
         set_based = isinstance(strategy, SetStrategy)
+        balanced = balance != "none"
         merger = (StreamingCandidates(strategy, budget, ray.get(context_ref)) if set_based
+                  else StreamingBalancedTopK(budget, balance) if balanced
                   else StreamingTopK(budget))
         skipped: list[tuple[str, str]] = []
         num_scored = 0
@@ -511,8 +569,14 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
             nodes.update(dict.fromkeys(out["node"].tolist()))
             good = out["status"] == ""
             bad = ~good & (out["status"] != COUNT_ONLY)
-            merger.add(out["id"][good], features_from_bytes(out["features"][good]) if set_based
-                       else out["score"][good])
+            if balanced:
+                merger.add(out["id"][good], out["score"][good], out["class"][good])
+                for counts in out["class_counts"]:
+                    if len(counts):
+                        merger.add_counts(np.frombuffer(counts, dtype=np.int64))
+            else:
+                merger.add(out["id"][good], features_from_bytes(out["features"][good])
+                           if set_based else out["score"][good])
             skipped += [(str(i), str(r)) for i, r in zip(out["id"][bad], out["status"][bad])]
             n = int(out["n_scored"].sum())
             num_scored += n
@@ -523,7 +587,7 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
         bar.close()
         if not num_scored:
             raise _no_usable_images(pool, skipped, len(labels))
-        ids, scores = merger.result()
+        ids, scores, *classes = merger.result()
         if skipped:
             log.warning("skipped %d unreadable images (first: %s: %s)", len(skipped), *skipped[0])
         if len(ids) < budget:
@@ -531,7 +595,22 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
                         "returning %d picks", budget, num_scored, len(skipped), len(ids))
         return Selection([str(i) for i in ids], scores, num_scored, skipped,
                          time.perf_counter() - t0, *(startup or (0.0, 0)), nodes=list(nodes),
-                         pipeline=pipeline)
+                         pipeline=pipeline, balance=balance,
+                         classes=[int(c) for c in classes[0]] if classes else [],
+                         class_counts=merger.counts.tolist() if balanced else [])
+
+
+def check_balance(balance: str, strategy: Strategy | None) -> None:
+    """ConfigError for a ``balance`` that is not one of BALANCES, or a class-balanced query
+    of a set-based strategy (its picks are a set, not per-sample scores to fill quotas with)."""
+    if balance not in BALANCES:
+        raise ConfigError(f"balance must be one of {', '.join(map(repr, BALANCES))}, got "
+                          f"{balance!r}")
+    if balance != "none" and isinstance(strategy, SetStrategy):
+        raise ConfigError(f"balance={balance!r} needs per-sample scores, but strategy "
+                          f"{strategy.name!r} is set-based (its picks depend on each other); "
+                          "use balance='none' with it, or a per-sample strategy (dynamicAL, "
+                          "entropy, margin, ...)")
 
 
 def _batches_or_context_error(scores_ds, context_ref) -> Iterator[dict[str, np.ndarray]]:

@@ -78,6 +78,10 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--num-gpus-per-actor", type=float, default=0.0)
     p.add_argument("--num-cpus-per-actor", type=float, default=0.5,
                    help="keep num_actors x this below the cluster's CPUs (Ray Data reads need one)")
+    p.add_argument("--balance", default="none", choices=["none", "proportional", "equal"],
+                   help="class-balanced query over the model's predicted classes: quotas "
+                   "proportional to the pool's predicted classes, or equal per class "
+                   "(per-sample strategies only)")
     p.add_argument("--progress", action="store_true", help="draw a progress bar")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, which `ray job "
                    "submit` sets; without it a new local cluster)")
@@ -110,6 +114,16 @@ def check_arguments(args: argparse.Namespace, labeled: dict[str, int] | list[str
         if value < 0:
             raise ConfigError(f"{flag} must be >= 0, got {value:g}")
     strategy = create_strategy(args.strategy, **strategy_options(args.strategy_options))
+    balance = getattr(args, "balance", "none")
+    if balance != "none":
+        from raydal.scoring.diversity import SetStrategy
+        if isinstance(strategy, SetStrategy):
+            raise ConfigError(f"--balance {balance} needs per-sample scores, but --strategy "
+                              f"{args.strategy} is set-based; drop --balance or use a "
+                              "per-sample strategy (dynamicAL, entropy, margin, ...)")
+        if not args.checkpoint:
+            raise ConfigError(f"--balance {balance} predicts each candidate's class with the "
+                              "model: give --checkpoint")
     if strategy.needs_model and not args.checkpoint:
         raise ConfigError(f"--strategy {args.strategy} scores with a model: give --checkpoint "
                           "(a raydal checkpoint folder, e.g. RUN_DIR/checkpoints/round-0003)")
@@ -136,7 +150,8 @@ def run_selection(args: argparse.Namespace) -> dict[str, Any]:
                         labeled=labeled,
                         num_actors=args.num_actors, batch_size=args.batch_size,
                         num_gpus_per_actor=args.num_gpus_per_actor,
-                        num_cpus_per_actor=args.num_cpus_per_actor, progress=args.progress)
+                        num_cpus_per_actor=args.num_cpus_per_actor, progress=args.progress,
+                        balance=getattr(args, "balance", "none"))
     out = atomic_write_parquet(args.out, sel.to_table())
     return {"out": str(out), "strategy": args.strategy, "num_selected": len(sel.ids),
             "num_scored": sel.num_scored, "num_labeled": len(labeled),

@@ -38,8 +38,31 @@ class Strategy:
         """Scores of a batch: x (B, C, H, W) model inputs, ids (B,) -> (B,) float64."""
         raise NotImplementedError
 
+    def score_with_classes(self, model: torch.nn.Module | None, x: torch.Tensor,
+                           ids: list[str], context: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores and predicted classes of a batch (a class-balanced selection needs both):
+        x (B, C, H, W), ids (B,) -> ((B,) float64 scores, (B,) int64 argmax classes).
+
+        The classes must come from the same model the scores do. This default runs one extra
+        no-grad forward in eval mode after ``score``; a strategy that computes the model's
+        predictions anyway (softmax, pseudo-labels) should override it and return those."""
+        scores = self.score(model, x, ids, context)
+        return scores, predicted_classes(model, x)
+
     def options(self) -> dict[str, Any]:
         return dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
+
+
+@torch.no_grad()
+def predicted_classes(model: torch.nn.Module | None, x: torch.Tensor) -> torch.Tensor:
+    """(B,) int64 argmax classes of ``model`` (eval mode) on x (B, ...), on the CPU; ties go to
+    the smaller class (torch.argmax)."""
+    if model is None:
+        raise ValueError("predicted classes need a model: a class-balanced selection predicts "
+                         "each candidate's class with it; pass model=")
+    model.eval()
+    device = next(model.parameters()).device
+    return model(x.to(device)).argmax(dim=1).cpu().to(torch.int64)
 
 
 def register_strategy(cls: type[Strategy]) -> type[Strategy]:

@@ -4,6 +4,7 @@ Every error names the field, the bad value and what is expected, and arrives bef
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -12,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raydal.errors import ConfigError
-from raydal.fs import Where, check, redact, resolve
+from raydal.fs import Where, check, is_uri, redact, resolve
 from raydal.scoring.base import suggest
 
 
@@ -21,8 +22,11 @@ class _Section(BaseModel):
 
 
 def _location(v: str | None) -> str | None:
-    """A local path or a supported pyarrow filesystem URI (checked without opening it)."""
-    return None if v is None else check(v)
+    """A local path (``~`` expanded) or a supported pyarrow filesystem URI (checked without
+    opening it)."""
+    if v is None:
+        return None
+    return check(v) if is_uri(v) else os.path.expanduser(v)
 
 
 class DataConfig(_Section):
@@ -326,13 +330,37 @@ def parse_config(data: dict[str, Any] | None) -> RunConfig:
         raise ConfigError(_explain(e, RunConfig)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (YAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(
+                    f"key {key!r} appears twice in one section (lines {seen[key] + 1} and "
+                    f"{key_node.start_mark.line + 1}); keep one")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
 def load_config(path: Where) -> RunConfig:
-    """A config file, local or at a URI."""
+    """A config file, local or at a URI. An empty file is refused: it is not read as "all
+    defaults" (which would start the full default pool on a mistyped path)."""
     path = resolve(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; give a YAML file such as "
+                          "configs/quickstart.yaml")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    except ConfigError as e:
+        raise ConfigError(f"config file {path}: {e}") from None
+    if data is None:
+        raise ConfigError(f"config file {path} is empty; raydal does not read an empty file as "
+                          "all defaults: copy configs/quickstart.yaml and edit it")
     return parse_config(data)

@@ -178,9 +178,10 @@ class ActiveLoop:
                 f"{self.run_dir / 'labels'} lost the labels of round(s) {lost} (round-NNNN.parquet"
                 " deleted or moved) although later steps were built on them; " + fix)
         try:
-            recorded = (read_json(self.run_dir / "state.json") or {}).get("num_labeled")
+            state = read_json(self.run_dir / "state.json")
         except RunDirError:
             return  # a damaged progress note; rewritten below
+        recorded = state.get("num_labeled") if isinstance(state, dict) else None
         count = len(self.labels.labels())
         if isinstance(recorded, int) and recorded > count:
             raise RunDirError(

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -27,16 +26,10 @@ SPEC = InputSpec(1, 32)
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tmp_path_factory, labeled_pool_files):
     """A 60-image pool, its truth and test set, and a pool whose every image is garbage."""
     d = tmp_path_factory.mktemp("mistakes")
-    x = np.random.default_rng(0).integers(0, 256, (60, 28, 28), dtype=np.uint8)
-    pool = Pool.from_numpy(x, path=d / "pool.parquet")
-    ids = [i for chunk in pool.iter_ids() for i in chunk]
-    y = np.arange(60) % 3
-    pq.write_table(pa.table({"id": ids, "label": y}), d / "truth.parquet")
-    test = pq.read_table(d / "pool.parquet").slice(0, 20)
-    pq.write_table(test.append_column("label", pa.array(y[:20])), d / "test.parquet")
+    ids = labeled_pool_files(d, 60, 3, 20)
     pq.write_table(pa.table({"id": ids, "image": [b"not an image %d" % i for i in range(60)]}),
                    d / "garbage.parquet")
     return d
@@ -113,6 +106,17 @@ def test_a_deleted_label_file_is_refused_never_bought_again(ray_cluster, data, t
         with pytest.raises(RunDirError, match="holds 0 labels, but 10 were bought.*restore"):
             ActiveLoop(c).run()
     assert not (run_dir / "labels" / "round-0000.parquet").exists()
+
+
+def test_a_state_json_of_another_shape_is_rewritten(ray_cluster, data, tmp_path):
+    """state.json is only a progress note: a list (or any non-object) in it is rewritten from
+    the run's files, never an AttributeError."""
+    import json
+    run_dir = tmp_path / "run"
+    assert ActiveLoop(config(data, run_dir)).run() == []
+    (run_dir / "state.json").write_text("[1, 2]")
+    assert ActiveLoop(config(data, run_dir)).run() == []
+    assert json.loads((run_dir / "state.json").read_text())["phase"] == "awaiting_labels"
 
 
 def test_selection_with_labels_that_do_not_fit_the_model_or_pool(ray_cluster, data):

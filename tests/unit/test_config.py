@@ -60,3 +60,24 @@ def test_shipped_configs_are_valid():
     cfg = load_config("configs/quickstart.yaml")
     assert cfg.strategy.name == "dynamicAL" and cfg.loop.rounds >= 3
     assert parse_config({}).model.name == "resnet18"  # the library default
+
+
+def test_config_files_that_cannot_be_meant(tmp_path):
+    """A folder, an empty file and a key given twice are refused with one line naming the file;
+    ``~`` in a path is the home folder, not a folder named ``~``."""
+    import os
+    with pytest.raises(ConfigError, match="is a folder; give a YAML file"):
+        load_config(tmp_path)
+    (tmp_path / "empty.yaml").write_text("# nothing yet\n")
+    with pytest.raises(ConfigError, match="is empty; raydal does not read an empty file as all "
+                                          "defaults"):
+        load_config(tmp_path / "empty.yaml")
+    (tmp_path / "twice.yaml").write_text("loop:\n  rounds: 2\nseed: 1\nloop:\n  rounds: 3\n")
+    with pytest.raises(ConfigError, match=r"twice\.yaml: key 'loop' appears twice .*lines 1 "
+                                          r"and 4\); keep one"):
+        load_config(tmp_path / "twice.yaml")
+    (tmp_path / "inner.yaml").write_text("loop:\n  rounds: 2\n  rounds: 3\n")
+    with pytest.raises(ConfigError, match="key 'rounds' appears twice"):
+        load_config(tmp_path / "inner.yaml")
+    (tmp_path / "home.yaml").write_text("run_dir: ~/runs/x\n")
+    assert load_config(tmp_path / "home.yaml").run_dir == os.path.expanduser("~/runs/x")

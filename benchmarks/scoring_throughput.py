@@ -31,7 +31,8 @@ against Adam(foreach=True), the step without the optimiser's per-parameter loop.
 
 ``time_scorer(...)`` (importable) gives median ms of a forward pass, a training step and a
 scoring call for one configuration, on a CPU or a GPU (CUDA events), fp32 or bf16, with or without
-a CUDA graph.
+a CUDA graph, with the scorer's contractions in bf16 or fp32 (``contractions=``) and cuBLAS TF32
+for them or not (``tf32=``).
 
 --profile prints where the fast path's time goes instead: fast, fast_norm and every <g_L, g_u>
 from one forward-mode pass (torch.func.jvp, the JVP lever) against forward and train; rule time

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from raydal.scoring.grads.registry import register_rule
+from raydal.scoring.grads.registry import acc, register_rule
 
 
 def _plain(m: nn.Embedding) -> bool:
@@ -18,6 +18,6 @@ def embedding_terms(m: nn.Module, a, g, wanted: dict) -> list:
     if m.padding_idx is not None:
         g = g * (idx != m.padding_idx).unsqueeze(-1)
     same = idx.unsqueeze(2) == idx.unsqueeze(1)
-    norm = ((g @ g.transpose(1, 2)) * same).sum((1, 2))
+    norm = ((g @ g.transpose(1, 2)) * same).sum((1, 2), dtype=acc(g))
     v = wanted["weight"]
-    return [(norm, (v[idx] * g).sum((1, 2)) if v is not None else None)]
+    return [(norm, (v[idx] * g).sum((1, 2), dtype=acc(g)) if v is not None else None)]

@@ -62,7 +62,8 @@ def graphed_scores(model, x: torch.Tensor, score, key: tuple) -> torch.Tensor:
 
 def check_cuda_graph(model, x: torch.Tensor, g_L: dict | None = None, ip_weight: float = 2.0,
                      params: str = "all", autocast_dtype: torch.dtype | None = None,
-                     rtol: float = 1e-5) -> dict:
+                     rtol: float = 1e-5, contraction_dtype: torch.dtype | None = None,
+                     allow_tf32: bool = False) -> dict:
     """Graphed scores against the eager scorer on a CUDA batch x (B, ...), B >= 2: the full batch
     (capture and a replay), a replay on new data, and a padded partial batch (B - 1 samples)
     against the eager scores of the full batch's first B - 1 (same shapes, so the same kernels).
@@ -70,11 +71,13 @@ def check_cuda_graph(model, x: torch.Tensor, g_L: dict | None = None, ip_weight:
     errors, "ok": max_rel_err <= rtol, and "eager_partial_vs_full": eager B - 1 samples against
     eager full batch, for scale}. On an H200 (torch 2.11) all three were 0.0 in fp32 and bf16;
     eager at another batch size differs by ~1.4e-4 (cuDNN's TF32 convolutions and algorithm
-    choice depend on the batch size)."""
+    choice depend on the batch size). contraction_dtype, allow_tf32: as ``dynamical_scores``'s
+    (the TF32 flag is set around capture and eager calls alike)."""
     from raydal.scoring.grads import dynamical_scores
     if not x.is_cuda:
         raise ValueError(f"check_cuda_graph needs a CUDA batch, got x on {x.device}")
-    kw = dict(g_L=g_L, ip_weight=ip_weight, params=params, autocast_dtype=autocast_dtype)
+    kw = dict(g_L=g_L, ip_weight=ip_weight, params=params, autocast_dtype=autocast_dtype,
+              contraction_dtype=contraction_dtype, allow_tf32=allow_tf32)
     gen = torch.Generator(device=x.device).manual_seed(0)
     other = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
     rel = lambda a, b: float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))  # noqa: E731

@@ -31,11 +31,9 @@ class _Collector:
                                    else per_sample.reshape(per_sample.shape[0], -1))
                 self.block_names.append(names[item.param])
             else:
+                # bf16 terms (bf16 contractions' inner products) are promoted by the stack and
+                # summed in float64 below: no cast per term
                 norm, inner = item
-                if norm.dtype != inner_dtype(norm):  # half-precision contractions: float32 sums
-                    norm = norm.float()
-                if inner is not None and inner.dtype != inner_dtype(inner):
-                    inner = inner.float()
                 (self.roots if isinstance(item, RootTerms) else self.norms).append(norm)
                 if inner is not None:
                     self.inners.append(inner)
@@ -47,19 +45,16 @@ class _Collector:
         norms = [torch.stack(self.norms).sum(0, dtype=f64)] if self.norms else []
         inners = [torch.stack(self.inners).sum(0, dtype=f64)] if self.inners else []
         if self.roots:
-            norms.append(torch.stack(self.roots).square().sum(0, dtype=f64))
+            norms.append(torch.stack(self.roots).square().sum(0, dtype=f64))  # float32 roots
         if self.blocks:
             flat = torch.cat(self.blocks, 1) if len(self.blocks) > 1 else self.blocks[0]
             norms.append(torch.linalg.vector_norm(flat, dim=1, dtype=f64).square())
             v = block_vector(tuple(self.block_names))
             if v is not None:
-                inners.append(torch.mv(flat, v).to(f64))
+                inners.append(torch.mv(flat if flat.dtype == v.dtype else flat.to(v.dtype), v)
+                              .to(f64))
         zero = lambda: torch.zeros(b, dtype=f64, device=device)  # noqa: E731
         return _total(norms) if norms else zero(), _total(inners) if inners else zero()
-
-
-def inner_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.float32 if t.dtype in (torch.bfloat16, torch.float16) else t.dtype
 
 
 def _total(parts: list) -> torch.Tensor:

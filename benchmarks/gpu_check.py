@@ -45,6 +45,7 @@ SCORER_CONFIGS = [("resnet50", 224, 16), ("resnet50", 224, 64), ("resnet50", 224
                   ("resnet18", 32, 256), ("vit_small_patch16_224", 224, 64),
                   ("convnext_tiny", 224, 64)]
 QUICK_SCORER_CONFIGS = [("resnet18", 32, 16), ("resnet50", 64, 4)]
+SHORT_SCORER_CONFIGS = SCORER_CONFIGS[:3]  # --short: resnet50@224 at 16, 64, 128
 #: the issue's goals for the GPU (issue 20, "Done when")
 GOALS = {"select_vs_scorer_min": 0.80, "select_fp32_resnet50_min_img_s": 1200,
          "scorer_steps_max_batch_ge_64": 1.25, "scorer_steps_max_batch_16": 1.6,
@@ -179,7 +180,9 @@ def stage_scorer(args, out: Path) -> None:
     dev = args.device
     graphs = dev == "cuda" and "cuda_graph" in _scorer_kwargs()
     warmup, repeats = (3, 10) if not args.quick else (1, 3)
-    for name, img, batch in (QUICK_SCORER_CONFIGS if args.quick else SCORER_CONFIGS):
+    configs = (QUICK_SCORER_CONFIGS if args.quick else SHORT_SCORER_CONFIGS if args.short
+               else SCORER_CONFIGS)
+    for name, img, batch in configs:
         t0 = time.perf_counter()
         torch.manual_seed(0)
         kw = {"img_size": img} if name.startswith("vit") else {}
@@ -212,6 +215,13 @@ def stage_scorer(args, out: Path) -> None:
                     model, x, g_L=g_L, autocast_dtype=dtype, cuda_graph=True)
                 runs["fast_norm_graph"] = lambda: dynamical_scores(
                     model, x, ip_weight=0.0, autocast_dtype=dtype, cuda_graph=True)
+            if dtype is None and dev == "cuda" and "allow_tf32" in _scorer_kwargs():
+                runs["fast_tf32"] = lambda: dynamical_scores(model, x, g_L=g_L, allow_tf32=True)
+                runs["fast_norm_tf32"] = lambda: dynamical_scores(model, x, ip_weight=0.0,
+                                                                  allow_tf32=True)
+                if graphs:
+                    runs["fast_norm_tf32_graph"] = lambda: dynamical_scores(
+                        model, x, ip_weight=0.0, allow_tf32=True, cuda_graph=True)
             for method, fn in runs.items():
                 if dev == "cuda":
                     torch.cuda.reset_peak_memory_stats()
@@ -258,7 +268,8 @@ def stage_select(args, out: Path) -> None:
     from raydal.scoring.grads import dynamical_scores
     from raydal.transforms import InputSpec
     dev, quick = args.device, args.quick
-    n, img, batch = (300, 64, 16) if quick else (10000, 224, 128)
+    n, img, batch = (300, 64, 16) if quick else (6000, 224, 128) if args.short \
+        else (10000, 224, 128)
     parts = 3 if quick else 16
     folder = Path("/tmp/raydal-gpu-check/pool")
     t0 = time.perf_counter()
@@ -298,6 +309,10 @@ def stage_select(args, out: Path) -> None:
         ("dynamicAL", {}, 4, gpus / 4, "fused")]
     if "cuda_graph" in _scorer_kwargs() and dev == "cuda":
         layouts.insert(5, ("dynamicAL", {"cuda_graph": True}, 2, gpus / 2, "auto"))
+    if args.short:  # the best layout of the full check, with the scorer's speed options
+        layouts = [("dynamicAL", {}, 2, gpus / 2, "auto"),
+                   ("dynamicAL", {"tf32": True}, 2, gpus / 2, "auto"),
+                   ("dynamicAL", {"mixed_precision": True}, 2, gpus / 2, "auto")]
     for strategy, options, actors, share, pipeline in layouts:
         opts = None if options is None else {"ip_weight": 0.0, **options}
         rec = {"strategy": strategy, "options": opts, "actors": actors, "gpu_each": share}
@@ -362,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small sizes (a dry run on a CPU)")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--stages", default=",".join(STAGES))
+    p.add_argument("--short", action="store_true",
+                   help="resnet50 only and the best select layout with the speed options")
     p.add_argument("--stage", help=argparse.SUPPRESS)  # run one stage in this process
     args = p.parse_args(argv)
     if args.out is None:
@@ -377,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     for stage in args.stages.split(","):
         (args.out / f"stage-{stage}.jsonl").unlink(missing_ok=True)
         cmd = [sys.executable, str(Path(__file__).resolve()), "--stage", stage, "--device",
-               args.device, "--out", str(args.out)] + (["--quick"] if args.quick else [])
+               args.device, "--out", str(args.out)] + (["--quick"] if args.quick else []) + \
+            (["--short"] if args.short else [])
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, start_new_session=True)  # its own group: Ray included
         try:

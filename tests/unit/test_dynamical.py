@@ -215,7 +215,9 @@ def test_model_left_unchanged():
         assert torch.equal(t, before[n]), n
 
 
-def test_fallback_is_exact_and_warns_once(caplog):
+def test_fallback_is_exact_and_warns_once(caplog, monkeypatch):
+    from raydal.scoring.grads import common
+    monkeypatch.setattr(common, "_warned", set())  # earlier tests may have warned for Scale
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), Scale(4), nn.PReLU(4), nn.Flatten(),
                           nn.Linear(4 * 8 * 8, 10)).double()

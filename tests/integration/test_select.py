@@ -29,8 +29,9 @@ def setup(tmp_path_factory, random_images):
     return pool, model, ckpt, labels
 
 
-def single_process(pool, model, strategy_name, budget, labels, options=None):
-    """Score every unlabeled row in one call in this process and sort: the reference."""
+def reference_scores(pool, model, strategy_name, labels, options=None):
+    """Score every unlabeled row in one call in this process: ids (N,) str, scores (N,)
+    float64 and the model inputs x (N, C, S, S)."""
     table = pq.read_table(pool.path)
     keep = [i for i, v in enumerate(table.column("id").to_pylist()) if v not in labels]
     ids = np.asarray(table.column("id").to_pylist(), dtype=str)[keep]
@@ -42,8 +43,14 @@ def single_process(pool, model, strategy_name, budget, labels, options=None):
     if strategy.needs_labeled:
         context = strategy.prepare(model, iter_labeled_batches(pool, labels, SPEC.input_spec,
                                                                 64, "cpu"))
-    scores = strategy.score(model, to_model_input(arr, SPEC.input_spec), ids.tolist(), context)
-    return top_k(ids, scores.double().numpy(), budget)
+    x = to_model_input(arr, SPEC.input_spec)
+    return ids, strategy.score(model, x, ids.tolist(), context).double().numpy(), x
+
+
+def single_process(pool, model, strategy_name, budget, labels, options=None):
+    """Score every unlabeled row in one call in this process and sort: the reference."""
+    ids, scores, _ = reference_scores(pool, model, strategy_name, labels, options)
+    return top_k(ids, scores, budget)
 
 
 @pytest.mark.parametrize("strategy, options", [

@@ -13,9 +13,8 @@ from raydal.config import ConfigError
 from raydal.merge import balanced_top_k, class_counts, class_quotas
 from raydal.models import ModelSpec, create_model, save_checkpoint
 from raydal.pool import Pool
-from raydal.scoring import create_strategy
-from raydal.selection import iter_labeled_batches
-from raydal.transforms import decode_rows, to_model_input
+from raydal.transforms import to_model_input
+from tests.integration.test_select import reference_scores
 
 pytestmark = pytest.mark.integration
 SPEC = ModelSpec(name="test_resnet", num_classes=10, in_chans=1, img_size=32)
@@ -62,20 +61,7 @@ def setup(tmp_path_factory):
 def single_process(pool, model, strategy_name, budget, labels, balance, options=None):
     """Score every unlabeled row in one call in this process, predict its class with the same
     model, and apply the reference."""
-    table = pq.read_table(pool.path)
-    all_ids = table.column("id").to_pylist()
-    keep = [i for i, v in enumerate(all_ids) if v not in labels]
-    ids = np.asarray(all_ids, dtype=str)[keep]
-    arr, ok, bad = decode_rows([table.column("image")[i].as_py() for i in keep], None,
-                               SPEC.input_spec)
-    assert not bad
-    strategy = create_strategy(strategy_name, **(options or {}))
-    context = None
-    if strategy.needs_labeled:
-        context = strategy.prepare(model, iter_labeled_batches(pool, labels, SPEC.input_spec,
-                                                                64, "cpu"))
-    x = to_model_input(arr, SPEC.input_spec)
-    scores = strategy.score(model, x, ids.tolist(), context).double().numpy()
+    ids, scores, x = reference_scores(pool, model, strategy_name, labels, options)
     with torch.no_grad():
         classes = model.eval()(x).argmax(1).numpy()
     return (*balanced_top_k(ids, scores, classes, budget, balance),

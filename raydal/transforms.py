@@ -36,7 +36,9 @@ class InputSpec:
 
 
 _MODES = {1: "L", 3: "RGB"}
-_ACCEPTED_MODES = {"1", "L", "P", "RGB", "RGBA", "LA", "I;16", "I", "F", "CMYK", "YCbCr"}
+#: Greyscale modes of more than 8 bits: scaled to 8 bits by ``_to_8_bit``, never clipped.
+_WIDE_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
+_ACCEPTED_MODES = {"1", "L", "P", "RGB", "RGBA", "LA", "CMYK", "YCbCr"} | _WIDE_MODES
 
 
 def load_image(data: bytes | None, path: str | None, spec: InputSpec) -> np.ndarray:
@@ -70,6 +72,8 @@ def load_image(data: bytes | None, path: str | None, spec: InputSpec) -> np.ndar
         raise
     except Exception as e:  # PIL raises many types for corrupt input
         raise BadImage(f"cannot decode image: {type(e).__name__}: {e}") from None
+    if im.mode in _WIDE_MODES:
+        im = _to_8_bit(im)
     im = im.convert(_MODES.get(spec.in_chans, "RGB"))
     im = _resize_center_crop(im, spec.img_size)
     arr = np.asarray(im, dtype=np.uint8)
@@ -80,6 +84,27 @@ def load_image(data: bytes | None, path: str | None, spec: InputSpec) -> np.ndar
     if spec.in_chans not in _MODES:  # e.g. 2 or 4 channels: repeat/trim RGB
         arr = np.resize(arr, (spec.in_chans, *arr.shape[1:]))
     return np.ascontiguousarray(arr)
+
+
+def _to_8_bit(im: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit integer or float greyscale image as mode "L", scaled by its value range
+    (PIL's own ``convert("L")`` clips: a 16-bit mid-grey of 31884 would become 255).
+
+    I;16*: 0..65535 -> 0..255 (divide by 257). I (16-bit PNGs open as I in some Pillow
+    versions): values within 0..65535 the same. F: values within 0..1 times 255, within 0..255
+    as they are. Any other I or F image has no known range: its own min..max becomes 0..255.
+    """
+    x = np.asarray(im, dtype=np.float32)
+    lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+    if im.mode.startswith("I;16") or (im.mode == "I" and lo >= 0 and hi <= 65535):
+        x = x / 257.0
+    elif im.mode == "F" and lo >= 0 and hi <= 1:
+        x = x * 255.0
+    elif im.mode == "F" and lo >= 0 and hi <= 255:
+        pass
+    else:
+        x = (x - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(x)
+    return Image.fromarray(np.clip(np.rint(x), 0, 255).astype(np.uint8), "L")
 
 
 def _resize_center_crop(im: Image.Image, size: int) -> Image.Image:

@@ -23,7 +23,8 @@ class FsError(RaydalError, ValueError):
 
 
 class PoolError(RaydalError, ValueError):
-    """A pool that cannot be used as given (missing columns, duplicate ids, bad arrays, ...)."""
+    """A pool or test set that cannot be used as given (missing columns, duplicate ids, bad
+    arrays, labeled or test images that do not decode, test labels that are not classes)."""
 
 
 class LabelError(RaydalError, ValueError):

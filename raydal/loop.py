@@ -81,6 +81,8 @@ class ActiveLoop:
             self._check_shared()
             self._check_resources()
             data = self._prepare_data()
+            from raydal.train import check_test_labels  # a label column scan: before any buying
+            check_test_labels(Pool(data.test), data.num_classes)
             cfg = self.config
             self.tracking = self._open_tracking()
             try:
@@ -328,7 +330,9 @@ class ActiveLoop:
                         tracking=self.tracking.target if self.tracking else None,
                         step0=r * cfg.training.epochs)
         self._set_state(r, "trained")
-        print(f"round {r}: {len(labels)} labels, test accuracy {m['test_accuracy']:.4f} "
+        over = ("" if m.get("test_count") == m.get("test_rows")
+                else f" over {m['test_count']} of {m['test_rows']} test images (others unreadable)")
+        print(f"round {r}: {len(labels)} labels, test accuracy {m['test_accuracy']:.4f}{over} "
               f"(train {m['seconds']:.1f}s, {m['startup_seconds']:.1f}s of it start-up)", flush=True)
 
     def import_labels(self, path: Where) -> tuple[int, int]:
@@ -364,6 +368,8 @@ class ActiveLoop:
                 "round": r, "num_labeled": meta.get("num_labeled"),
                 "strategy": sel.get("strategy"),
                 "test_accuracy": m.get("test_accuracy"), "train_loss": m.get("train_loss"),
+                # the images test_accuracy is over, of the test set's rows (unreadable ones left)
+                "test_count": m.get("test_count"), "test_rows": m.get("test_rows"),
                 "seconds": {"select": round(sel.get("seconds", 0.0), 3),
                             "label": round(sel.get("label_seconds", 0.0), 3),
                             "train": round(meta.get("train_seconds", 0.0), 3)},

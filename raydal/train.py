@@ -8,6 +8,7 @@ storage (``storage_path``) is a folder of the run directory, local or on an obje
 """
 from __future__ import annotations
 
+import logging
 import posixpath
 import tempfile
 import time
@@ -20,7 +21,8 @@ import ray
 import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from raydal.fs import Location, Where, resolve
+from raydal.errors import PoolError
+from raydal.fs import Location, Where, redact, resolve
 from raydal.models import (ModelSpec, autocast, check_mixed_precision, create_model,
                            load_checkpoint, load_weights, memory_format, read_checkpoint_meta,
                            save_checkpoint, train_mode, with_memory_format)
@@ -29,6 +31,18 @@ from raydal import hooks
 from raydal.tracking import worker_curves
 from raydal.transforms import InputSpec, to_model_input
 
+log = logging.getLogger("raydal")
+
+#: The fewest decoded labeled images a training worker may get. Ray Train splits the rows
+#: equally among the workers (the remainder dropped); a batch of one image cannot train a
+#: BatchNorm layer whose output is 1x1 (PyTorch refuses it), and a worker left with none
+#: trains nothing and reports a loss of 0: a round "trained" on no data.
+MIN_IMAGES_PER_WORKER = 2
+#: Unreadable rows a message names (the count says how many there are).
+_SHOWN = 3
+#: (test set, rows, readable) already warned about by this process: a partly unreadable test
+#: set is reported once, not every round.
+_WARNED_TESTS: set[tuple[str, int, int]] = set()
 
 
 @dataclass(frozen=True)
@@ -94,7 +108,13 @@ def decoded_dataset(pool: Pool, spec: InputSpec, labels: Mapping[str, int] | Non
 
 
 def held_here(ds):
-    """``ds`` executed, its blocks put by this process (the driver), so they live on its node.
+    """``ds`` executed (``held_with_ids`` without the ids)."""
+    return held_with_ids(ds)[0]
+
+
+def held_with_ids(ds) -> tuple[Any, list[str]]:
+    """``ds`` executed, its blocks put by this process (the driver), so they live on its node;
+    and the ids of its rows.
 
     Blocks a Dataset materialises stay on the nodes that made them, and Ray 2.60 cannot
     rebuild a lost one (streaming-generator outputs have no lineage): a worker node lost with
@@ -104,16 +124,117 @@ def held_here(ds):
 
     The rows are put in id order, in as many blocks as were decoded: Ray Data hands decoded
     blocks over in the order their tasks finish, and training (a seeded shuffle of this order)
-    must see the same order in a resumed run as in an uninterrupted one.
+    must see the same order in a resumed run as in an uninterrupted one. The ids (dropped from
+    the rows) come in that order: they say which rows decoded.
     """
     import pyarrow as pa
     import ray.data
     blocks = [b for b in ds.iter_batches(batch_size=None, batch_format="pyarrow") if len(b)]
     if not blocks:
-        return ds.materialize()
-    table = pa.concat_tables(blocks).sort_by("id").drop_columns(["id"])
+        return ds.materialize(), []
+    table = pa.concat_tables(blocks).sort_by("id")
+    ids = [str(i) for i in table.column("id").to_pylist()]
+    table = table.drop_columns(["id"])
     step = -(-len(table) // len(blocks))
-    return ray.data.from_arrow([table.slice(s, step) for s in range(0, len(table), step)])
+    return ray.data.from_arrow([table.slice(s, step) for s in range(0, len(table), step)]), ids
+
+
+def check_test_labels(test: Pool, num_classes: int) -> int:
+    """PoolError unless every row of the test set ``test`` has a label that is a class of the
+    model, an integer in [0, num_classes); returns its row count. Reads the id and label
+    columns only (no image): cheap enough to run before every round."""
+    import pyarrow as pa
+    rows, bad, shown, where = 0, 0, [], redact(test.path)
+    fix = (f"fix those labels (class indices 0..{num_classes - 1}), or set data.num_classes "
+           "if the model should have more classes")
+    try:
+        batches = test.iter_batches(["id", "label"])
+        for batch in batches:
+            col = batch.column(1)
+            if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+                raise PoolError(f"test set {where}: column 'label' is {col.type}; expected "
+                                f"integer class indices 0..{num_classes - 1}")
+            y = col.cast(pa.float64()).to_numpy(zero_copy_only=False)  # a null is NaN
+            out = ~((y >= 0) & (y < num_classes) & (y == np.floor(y)))
+            ids = batch.column(0).to_pylist()
+            shown += [f"id {ids[k]!s} label {'null' if np.isnan(y[k]) else col[k].as_py()}"
+                      for k in np.flatnonzero(out)[:_SHOWN - len(shown)]]
+            bad += int(out.sum())
+            rows += len(y)
+    except PoolError:
+        raise
+    except (pa.ArrowInvalid, KeyError) as e:  # pyarrow names the missing column
+        raise PoolError(f"test set {where} needs an integer 'label' column beside 'id' "
+                        f"({type(e).__name__}: {e})") from None
+    if bad:
+        raise PoolError(f"test set {where}: {bad} of its {rows} labels are not classes of "
+                        f"the model, integers in [0, {num_classes}) ({', '.join(shown)}); "
+                        + fix)
+    return rows
+
+
+def _why_unreadable(pool: Pool, ids: list[str], spec: InputSpec) -> str:
+    """'id (path): reason' of the first few of ``ids``, decoded again in a Ray task (the driver
+    decodes nothing), for a message."""
+    def reasons(pool: Pool, ids: list[str], spec: InputSpec) -> list[str]:
+        table = pool.take(ids)
+        _, _, bad = pool.decode(table, spec)
+        got = [str(i) for i in table.column("id").to_pylist()]
+        where = (table.column("path").to_pylist() if pool.image_column == "path"
+                 else [None] * len(got))
+        why = {got[k]: (f"{got[k]} ({redact(str(where[k]))}): " if where[k] else f"{got[k]}: ")
+                       + reason for k, reason in bad}
+        return [why.get(i, f"{i}: not in the pool" if i not in got else f"{i}: decodes now")
+                for i in ids]
+    first = sorted(ids)[:_SHOWN]
+    shown = ray.get(ray.remote(num_cpus=0)(reasons).remote(pool, first, spec))
+    return "; ".join(shown) + (f"; and {len(ids) - len(first)} more" if len(ids) > len(first)
+                               else "")
+
+
+def _check_labeled_images(pool: Pool, labels: Mapping[str, int], decoded: list[str],
+                          spec: InputSpec, num_workers: int) -> None:
+    """PoolError when too few labeled images decode to train (``MIN_IMAGES_PER_WORKER`` a
+    worker), naming the ones that do not; a warning when some do not but enough do."""
+    unusable = sorted(set(map(str, labels)) - set(decoded))
+    need = MIN_IMAGES_PER_WORKER * num_workers
+    if len(decoded) >= need:
+        if unusable:
+            log.warning("%d of the %d labeled images cannot be decoded; this round trains on "
+                        "%d (%s)", len(unusable), len(labels), len(decoded),
+                        _why_unreadable(pool, unusable, spec))
+        return
+    some = f"only {len(decoded)}" if decoded else "none"
+    raise PoolError(
+        f"{some} of the {len(labels)} labeled images of pool {redact(pool.path)} can be decoded "
+        f"({len(unusable)} cannot: {_why_unreadable(pool, unusable, spec)}); training needs at "
+        f"least {need} ({MIN_IMAGES_PER_WORKER} a training worker: one image cannot train "
+        "BatchNorm, none trains nothing); fix or restore those images under the same ids and "
+        "run again: the labels are kept, and nothing of this round was written")
+
+
+def _check_test_images(test: Pool, rows: int, decoded: list[str], spec: InputSpec) -> None:
+    """PoolError when no image of the test set decodes (an accuracy over no image); a warning,
+    once a process, when some do not (the accuracy is over ``len(decoded)`` of ``rows``)."""
+    where = redact(test.path)
+    if not rows:
+        raise PoolError(f"test set {where} has no rows; set data.test to a Parquet file of id, "
+                        "image (or path) and label rows")
+    if len(decoded) == rows:
+        return
+    have = set(decoded)
+    unusable = [i for chunk in test.iter_ids() for i in chunk if i not in have]
+    if not decoded:
+        raise PoolError(
+            f"none of the {rows} images of test set {where} can be decoded "
+            f"({_why_unreadable(test, unusable, spec)}); an accuracy would be over no image: "
+            "fix the test set's images (or set data.test to a readable set) and run again; "
+            "nothing of this round was written")
+    if (test.path, rows, len(decoded)) not in _WARNED_TESTS:
+        _WARNED_TESTS.add((test.path, rows, len(decoded)))
+        log.warning("%d of the %d images of test set %s cannot be decoded; test accuracy is "
+                    "over the other %d (%s)", len(unusable), rows, where, len(decoded),
+                    _why_unreadable(test, unusable, spec))
 
 
 def _train_func(config: dict) -> None:
@@ -407,15 +528,25 @@ def train_round(spec: ModelSpec, pool: Pool, labels: Mapping[str, int], test_pat
     """Train on the labeled rows of ``pool``; write the checkpoint folder; return metrics.
 
     Paths are local or URIs. One worker trains in a Ray task (``_one_worker_fit``), more in a
-    Ray Train worker group. Metrics: test_accuracy, test_count, train_loss, seconds (wall time
-    of the whole call), startup_seconds (from the call to the first optimiser step),
-    epoch_seconds and epoch_images (rank 0's wall seconds and images of each epoch this attempt
-    trained: steady-state images/s without the start-up), device (rank 0's torch device).
+    Ray Train worker group. Metrics: test_accuracy, test_count (test images it is over),
+    test_rows (rows of the test set), train_count (labeled images that decoded), train_loss,
+    seconds (wall time of the whole call), startup_seconds (from the call to the first
+    optimiser step), epoch_seconds and epoch_images (rank 0's wall seconds and images of each
+    epoch this attempt trained: steady-state images/s without the start-up), device (rank 0's
+    torch device).
+
+    Raises PoolError before training (nothing written) when fewer than
+    ``MIN_IMAGES_PER_WORKER`` labeled images a worker decode, when no test image decodes, or
+    when a test label is not a class of the model; warns when some test images do not decode.
     """
     t0, started_at = time.perf_counter(), time.time()
+    test = Pool(test_path)
+    test_rows = check_test_labels(test, spec.num_classes)
     # decoded once for every epoch and restart, and held on the driver's node
-    train_ds = held_here(decoded_dataset(pool, spec.input_spec, labels))
-    test_ds = held_here(decoded_dataset(Pool(test_path), spec.input_spec))
+    train_ds, train_ids = held_with_ids(decoded_dataset(pool, spec.input_spec, labels))
+    _check_labeled_images(pool, labels, train_ids, spec.input_spec, settings.num_workers)
+    test_ds, test_ids = held_with_ids(decoded_dataset(test, spec.input_spec))
+    _check_test_images(test, test_rows, test_ids, spec.input_spec)
     # on the driver's node: losing a worker node must not lose the tracker
     tracker = EpochTracker.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
         ray.get_runtime_context().get_node_id(), soft=True)).remote()
@@ -430,6 +561,7 @@ def train_round(spec: ModelSpec, pool: Pool, labels: Mapping[str, int], test_pat
     result_metrics, load = _fit_with_progress(fit, tracker, settings.epochs, progress,
                                               hook_name)
     ray.kill(tracker)
+    result_metrics = {**result_metrics, "test_rows": test_rows, "train_count": len(train_ids)}
     metrics = {**result_metrics, "seconds": time.perf_counter() - t0}
     save_checkpoint(load(), spec, out_checkpoint, {
         "metrics": result_metrics, "num_labeled": len(labels),

@@ -71,7 +71,9 @@ def load_image(data: bytes | None, path: str | None, spec: InputSpec) -> np.ndar
     except BadImage:
         raise
     except Exception as e:  # PIL raises many types for corrupt input
-        raise BadImage(f"cannot decode image: {type(e).__name__}: {e}") from None
+        why = ("not a format PIL reads" if isinstance(e, Image.UnidentifiedImageError)
+               else e)  # PIL's own text names an in-memory buffer's address, not the file
+        raise BadImage(f"cannot decode image: {type(e).__name__}: {why}") from None
     if im.mode in _WIDE_MODES:
         im = _to_8_bit(im)
     im = im.convert(_MODES.get(spec.in_chans, "RGB"))

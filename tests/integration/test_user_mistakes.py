@@ -209,3 +209,112 @@ def test_ctrl_c_and_sigterm_end_with_one_line(ray_cluster, data, tmp_path, sig, 
     assert p.wait(timeout=60) == code, "".join(seen) + rest
     assert rest.strip().splitlines()[-1].startswith(f"raydal run {words}")
     assert "Traceback" not in rest and "SIGTERM received" not in rest, rest
+
+
+# ---- nothing fake is committed: data a round cannot train or evaluate on -----------------------
+
+def _path_pool(folder, n=40, classes=3):
+    """A pool of ``n`` PNG files (rows hold their paths), its truth and paths by id."""
+    import numpy as np
+    from PIL import Image
+    (folder / "imgs").mkdir()
+    ids = [f"p{i:03d}" for i in range(n)]
+    paths = {}
+    for k, (i, x) in enumerate(zip(ids, np.random.default_rng(1).integers(
+            0, 256, (n, 28, 28), dtype=np.uint8))):
+        paths[i] = folder / "imgs" / f"{i}.png"
+        Image.fromarray(x).save(paths[i])
+    pq.write_table(pa.table({"id": ids, "path": [str(paths[i]) for i in ids]}),
+                   folder / "pool.parquet")
+    pq.write_table(pa.table({"id": ids, "label": [k % classes for k in range(n)]}),
+                   folder / "truth.parquet")
+    return paths
+
+
+def _with_test(cfg, test):
+    """``cfg`` evaluated on the test set ``test``."""
+    d = cfg.model_dump(mode="json")
+    d["data"]["test"] = str(test)
+    return parse_config(d)
+
+
+def _yaml(cfg, path):
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    return str(path)
+
+
+def test_labeled_images_that_do_not_decode_stop_the_round_before_it_is_committed(
+        ray_cluster, data, tmp_path, capsys):
+    """Round 0's picks become unreadable after they were labeled: `raydal run` stops with one
+    line naming them, the count, the threshold and the fix; no checkpoint, no metrics row; once
+    the files are back the same run directory trains round 0."""
+    paths = _path_pool(tmp_path)
+    run_dir = tmp_path / "run"
+    cfg = _yaml(_with_test(config(tmp_path, run_dir), data / "test.parquet"), tmp_path / "c.yaml")
+    assert main(["run", cfg]) == 0  # round 0's picks exported
+    _label_round_0(run_dir, tmp_path)
+    picks = sorted(pq.read_table(run_dir / "selections" / "round-0000.parquet")
+                   .column("id").to_pylist())
+    kept = {i: paths[i].read_bytes() for i in picks}
+    capsys.readouterr()
+    for good, words in [(1, "only 1 of the 10"), (0, "none of the 10")]:
+        for i in picks[good:]:
+            paths[i].write_bytes(b"not a png")
+        assert main(["run", cfg]) == 2
+        err = capsys.readouterr().err
+        last = err.strip().splitlines()[-1]
+        assert "Traceback" not in err, err
+        assert last.startswith(f"error: {words} labeled images of pool "), err
+        assert f"({10 - good} cannot: {picks[good]} ({paths[picks[good]]}): cannot decode" in last
+        assert "training needs at least 2 (2 a training worker" in last
+        assert "fix or restore those images under the same ids" in last
+        assert not (run_dir / "checkpoints" / "round-0000").exists()
+        assert not (run_dir / "metrics.jsonl").exists()
+    for i, b in kept.items():
+        paths[i].write_bytes(b)
+    assert main(["run", cfg]) == 0
+    rows = ActiveLoop(_with_test(config(tmp_path, run_dir), data / "test.parquet")).metrics()
+    assert len(rows) == 1 and rows[0]["num_labeled"] == 10
+    assert rows[0]["test_count"] == rows[0]["test_rows"] == 20
+
+
+def test_a_test_set_that_gives_no_true_accuracy_stops_before_training(ray_cluster, data,
+                                                                      tmp_path, capsys, caplog):
+    """Labels outside the classes: refused before anything is bought. No image decodes:
+    stopped before round 0 trains, nothing of it written. Half unreadable: the run goes on,
+    warns once, and each round records the 10 of 20 images its accuracy is over."""
+    good = pq.read_table(data / "test.parquet")
+    test = tmp_path / "test.parquet"
+    run_dir = tmp_path / "run"
+    cfg = _with_test(config(data, run_dir, strategy={"name": "random"},
+                            loop={"oracle": "simulated", "rounds": 1}), test)
+
+    labels = good.column("label").to_pylist()
+    pq.write_table(good.set_column(good.schema.get_field_index("label"), "label",
+                                   pa.array([y + 3 * (k % 3 == 0) for k, y in
+                                             enumerate(labels)])), test)
+    assert main(["run", _yaml(cfg, tmp_path / "c.yaml")]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"error: test set {test}: 7 of its 20 labels are not classes of the "
+                           "model, integers in [0, 3) (id 00000000 label 3, "), last
+    assert not run_dir.exists()  # nothing bought: the first run left nothing
+
+    def with_garbage(n):
+        images = good.column("image").to_pylist()
+        return good.set_column(good.schema.get_field_index("image"), "image", pa.array(
+            [b"garbage" if k < n else x for k, x in enumerate(images)], pa.binary()))
+    pq.write_table(with_garbage(20), test)
+    with pytest.raises(PoolError, match=r"^none of the 20 images of test set .* can be decoded "
+                                        r"\(00000000: cannot decode image: .*; and 17 more\); "
+                                        r"an accuracy would be over no image: fix"):
+        ActiveLoop(cfg).run()
+    assert (run_dir / "labels" / "round-0000.parquet").exists()  # bought, kept
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "metrics.jsonl").exists()
+
+    pq.write_table(with_garbage(10), test)
+    with caplog.at_level(logging.WARNING, logger="raydal"):
+        rows = ActiveLoop(cfg).run()
+    assert [(r["round"], r["test_count"], r["test_rows"]) for r in rows] == [(0, 10, 20),
+                                                                               (1, 10, 20)]
+    assert caplog.text.count("10 of the 20 images of test set") == 1, caplog.text
+    assert "test accuracy is over the other 10" in caplog.text

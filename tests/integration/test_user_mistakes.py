@@ -318,3 +318,34 @@ def test_a_test_set_that_gives_no_true_accuracy_stops_before_training(ray_cluste
                                                                                (1, 10, 20)]
     assert caplog.text.count("10 of the 20 images of test set") == 1, caplog.text
     assert "test accuracy is over the other 10" in caplog.text
+
+
+def test_the_labeled_image_threshold_is_two_a_training_worker(ray_cluster, data, tmp_path,
+                                                              caplog):
+    """3 of 10 labeled images decode: enough for one worker (trained on, with a warning), too
+    few for two (refused before any trainer starts, nothing written)."""
+    from raydal.models import ModelSpec
+    from raydal.train import TrainSettings, train_round
+    pool = pq.read_table(data / "pool.parquet")
+    ids = pool.column("id").to_pylist()
+    images = pool.column("image").to_pylist()
+    pq.write_table(pool.set_column(1, "image", pa.array(
+        [x if k in (2, 5, 7) else b"garbage" for k, x in enumerate(images)], pa.binary())),
+        tmp_path / "pool.parquet")
+    labels = {i: k % 3 for k, i in enumerate(ids[:10])}
+    spec = ModelSpec("test_resnet", 3, 1, 32)
+
+    def train(workers):
+        return train_round(spec, Pool(tmp_path / "pool.parquet"), labels, data / "test.parquet",
+                           TrainSettings(epochs=1, batch_size=8, num_workers=workers),
+                           tmp_path / f"ckpt-{workers}", None, tmp_path / "ray_train",
+                           progress=False)
+    with pytest.raises(PoolError, match=r"^only 3 of the 10 labeled images .*\(7 cannot: "
+                                        r"00000000: cannot decode image: .*training needs at "
+                                        r"least 4 \(2 a training worker"):
+        train(2)
+    assert not (tmp_path / "ckpt-2").exists()
+    with caplog.at_level(logging.WARNING, logger="raydal"):
+        m = train(1)
+    assert m["train_count"] == 3 and m["test_count"] == m["test_rows"] == 20
+    assert "7 of the 10 labeled images cannot be decoded; this round trains on 3" in caplog.text

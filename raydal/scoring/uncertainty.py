@@ -62,6 +62,12 @@ class _ProbabilityStrategy(Strategy):
     def score(self, model, x, ids, context):
         return self.from_proba(predict_proba(model, x, self.batch_size)).cpu()
 
+    def score_with_classes(self, model, x, ids, context):
+        """Scores and classes from one forward pass: the argmax of the same softmax (softmax
+        keeps the logits' order, so these are ``predicted_classes``' classes)."""
+        p = predict_proba(model, x, self.batch_size)
+        return self.from_proba(p).cpu(), p.argmax(dim=1).cpu().to(torch.int64)
+
 
 @register_strategy
 @dataclass

@@ -55,3 +55,22 @@ def test_registry_lists_strategies_and_explains_errors():
         create_strategy("entropi")
     with pytest.raises(ValueError, match="has no option 'sed'.*Did you mean 'seed'"):
         create_strategy("random", sed=1)
+
+
+@pytest.mark.parametrize("name", ["entropy", "margin", "least_confidence"])
+def test_probability_strategies_give_classes_from_their_one_forward(model_and_batch, name):
+    """A class-balanced query gets scores and classes from one forward pass, the same as the
+    base class's score + extra forward."""
+    from raydal.scoring.base import Strategy
+    model, x, _ = model_and_batch
+    strategy = create_strategy(name)
+    calls = []
+    hook = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        scores, classes = strategy.score_with_classes(model, x, None, None)
+    finally:
+        hook.remove()
+    assert len(calls) == 1
+    ref_scores, ref_classes = Strategy.score_with_classes(strategy, model, x, None, None)
+    torch.testing.assert_close(scores, ref_scores)
+    assert classes.dtype == torch.int64 and torch.equal(classes, ref_classes)

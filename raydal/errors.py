@@ -43,6 +43,10 @@ class ResourceError(RaydalError, RuntimeError):
     """The cluster cannot (or did not in time) provide what actors or trainers request."""
 
 
+class TrackingError(RaydalError, RuntimeError):
+    """A tracking server that cannot be reached (checked before a run starts)."""
+
+
 class OracleError(RaydalError, RuntimeError):
     """An oracle that cannot be asked (a Label Studio server unreachable, a key not set)."""
 

@@ -119,6 +119,33 @@ def test_a_state_json_of_another_shape_is_rewritten(ray_cluster, data, tmp_path)
     assert json.loads((run_dir / "state.json").read_text())["phase"] == "awaiting_labels"
 
 
+def test_an_unreachable_tracking_server_fails_the_start_in_seconds(data, tmp_path):
+    """A refused port and a server that accepts but never answers: one TrackingError within
+    15 s, before Ray starts or anything is bought (the fresh run directory is removed)."""
+    import socket
+    import time
+    from raydal.errors import TrackingError
+    refused = socket.socket()
+    refused.bind(("127.0.0.1", 0))
+    closed_port = refused.getsockname()[1]
+    refused.close()
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # the kernel accepts connections; nothing ever answers
+    try:
+        for port in (closed_port, silent.getsockname()[1]):
+            run_dir = tmp_path / f"run-{port}"
+            t0 = time.monotonic()
+            with pytest.raises(TrackingError, match=r"no MLflow server answered its /health "
+                                                    r"within 5 s .*tracking.mlflow: false"):
+                ActiveLoop(config(data, run_dir,
+                                  tracking={"mlflow": f"http://127.0.0.1:{port}"})).run()
+            assert time.monotonic() - t0 < 15
+            assert not run_dir.exists()
+    finally:
+        silent.close()
+
+
 def test_selection_with_labels_that_do_not_fit_the_model_or_pool(ray_cluster, data):
     from raydal.models import ModelSpec, create_model
     model = create_model(ModelSpec("test_resnet", 3, 1, 32))
@@ -163,6 +190,7 @@ def test_every_error_class_reaches_the_cli_as_one_line(ray_cluster, data, tmp_pa
         "OracleError": ["run", cfg_file("o", loop={"oracle": "labelstudio"}, labelstudio={
             "url": "http://127.0.0.1:9", "project": 1, "api_key_env": "RAYDAL_UNSET_KEY"})],
         "LabelError": ["import-labels", str(tmp_path / "l"), str(tmp_path / "none.csv")],
+        "TrackingError": ["run", cfg_file("t", tracking={"mlflow": "http://127.0.0.1:9"})],
         "RunDirLocked": ["import-labels", str(tmp_path / "l"), str(tmp_path / "none.csv")],
         "ClusterUnreachable": None,  # needs a dead address: tests/integration/test_connect.py
         "NoNodeHere": None,  # needs a driver with no node: tests/integration/test_connect.py

@@ -71,6 +71,17 @@ class LabelStudioOracle(Oracle):
                               "name another variable in labelstudio.api_key_env")
         return cls(ls, key)
 
+    def check_reachable(self) -> None:
+        """OracleError within seconds unless the server answers its ``/health`` (checked before
+        a run starts: its first request comes only after round 0's selection)."""
+        from raydal.services import REACH_TIMEOUT_S, unreachable
+        why = unreachable(self.config.url, "/health/")
+        if why is not None:
+            raise OracleError(
+                f"Label Studio at {self.redact(self.config.url)} did not answer its /health within "
+                f"{REACH_TIMEOUT_S:g} s ({self.redact(why)}); start the server (label-studio "
+                "start), fix labelstudio.url, or choose another loop.oracle")
+
     def redact(self, text: str) -> str:
         """``text`` without the API key (nor a password in a URL)."""
         return redact(str(text).replace(self._key, "***"))

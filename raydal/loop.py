@@ -76,7 +76,7 @@ class ActiveLoop:
         with self._nothing_left_if_first_run_fails(), run_dir_lock(self.run_dir):
             self._check_resume_config()
             self._check_labels_intact()
-            self._check_tracking_reachable()
+            self._check_services_reachable()
             connect(self.config.ray.address, num_cpus=self.config.ray.num_cpus,
                     log_to_driver=self.config.ray.log_to_driver)
             self._check_shared()
@@ -106,12 +106,15 @@ class ActiveLoop:
             write_learning_curve({cfg.name: rows}, self.run_dir / "report" / "learning_curve.png")
             return rows
 
-    def _check_tracking_reachable(self) -> None:
-        """An MLflow server that is down or silent fails the start in seconds (before Ray)."""
+    def _check_services_reachable(self) -> None:
+        """An MLflow or Label Studio server that is down or silent fails the start in seconds,
+        before Ray starts (``raydal.services``)."""
         mlflow = self.config.tracking.mlflow
         if isinstance(mlflow, str):
             from raydal.tracking import check_reachable
             check_reachable(mlflow)
+        if self.config.loop.oracle == "labelstudio":
+            create_oracle(self.config, None).check_reachable()
 
     def _open_tracking(self):
         """The run's MLflow/TensorBoard tracking (``raydal.tracking``), or None when off."""

@@ -23,35 +23,27 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
-#: Seconds a tracking server has to answer its health check before a run starts.
-REACH_TIMEOUT_S = 5.0
 
 
-def check_reachable(mlflow_uri: str | None, timeout_s: float = REACH_TIMEOUT_S) -> None:
-    """TrackingError within about ``timeout_s`` seconds unless the MLflow server at an http(s)
-    ``mlflow_uri`` answers its ``/health`` endpoint (other URIs, e.g. sqlite:///, are local
-    files: nothing to reach). Also bounds the MLflow client's own waits for this process (its
-    defaults retry 7 times over minutes), unless the environment sets them."""
-    from urllib.error import URLError
-    from urllib.request import urlopen
-
+def check_reachable(mlflow_uri: str | None) -> None:
+    """TrackingError within seconds unless the MLflow server at an http(s) ``mlflow_uri``
+    answers its ``/health`` endpoint (other URIs, e.g. sqlite:///, are local files: nothing to
+    reach). Also bounds the MLflow client's own waits for this process (its defaults retry 7
+    times over minutes), unless the environment sets them."""
     from raydal.errors import TrackingError
     from raydal.fs import redact
+    from raydal.services import REACH_TIMEOUT_S, unreachable
     if not mlflow_uri or not mlflow_uri.lower().startswith(("http://", "https://")):
         return
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-    try:
-        with urlopen(mlflow_uri.rstrip("/") + "/health", timeout=timeout_s) as answer:
-            if answer.status == 200:
-                return
-            why = f"HTTP {answer.status}"
-    except (URLError, OSError, ValueError) as e:  # refused, unresolvable, timed out, bad URI
-        why = f"{type(getattr(e, 'reason', e)).__name__}: {getattr(e, 'reason', e)}"
-    raise TrackingError(
-        f"tracking.mlflow {redact(mlflow_uri)}: no MLflow server answered its /health within "
-        f"{timeout_s:g} s ({why}); start the server (mlflow server --host ...), fix the URI, or "
-        "set tracking.mlflow: false (or true: a local SQLite store in the run directory)")
+    why = unreachable(mlflow_uri)
+    if why is not None:
+        raise TrackingError(
+            f"tracking.mlflow {redact(mlflow_uri)}: no MLflow server answered its /health within "
+            f"{REACH_TIMEOUT_S:g} s ({why}); start the server (mlflow server --host ...), fix the "
+            "URI, or set tracking.mlflow: false (or true: a local SQLite store in the run "
+            "directory)")
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

@@ -119,12 +119,15 @@ def test_a_state_json_of_another_shape_is_rewritten(ray_cluster, data, tmp_path)
     assert json.loads((run_dir / "state.json").read_text())["phase"] == "awaiting_labels"
 
 
-def test_an_unreachable_tracking_server_fails_the_start_in_seconds(data, tmp_path):
-    """A refused port and a server that accepts but never answers: one TrackingError within
-    15 s, before Ray starts or anything is bought (the fresh run directory is removed)."""
+@pytest.mark.parametrize("service", ["mlflow", "labelstudio"])
+def test_an_unreachable_service_fails_the_start_in_seconds(data, tmp_path, monkeypatch, service):
+    """An MLflow or Label Studio server on a refused port or one that accepts but never
+    answers: one line within 15 s, before Ray starts or anything is bought (the fresh run
+    directory is removed)."""
     import socket
     import time
-    from raydal.errors import TrackingError
+    from raydal.errors import OracleError, TrackingError
+    monkeypatch.setenv("RAYDAL_TEST_LS_KEY", "secret-key")
     refused = socket.socket()
     refused.bind(("127.0.0.1", 0))
     closed_port = refused.getsockname()[1]
@@ -136,10 +139,16 @@ def test_an_unreachable_tracking_server_fails_the_start_in_seconds(data, tmp_pat
         for port in (closed_port, silent.getsockname()[1]):
             run_dir = tmp_path / f"run-{port}"
             t0 = time.monotonic()
-            with pytest.raises(TrackingError, match=r"no MLflow server answered its /health "
-                                                    r"within 5 s .*tracking.mlflow: false"):
-                ActiveLoop(config(data, run_dir,
-                                  tracking={"mlflow": f"http://127.0.0.1:{port}"})).run()
+            url = f"http://127.0.0.1:{port}"
+            if service == "mlflow":
+                error, words, sections = TrackingError, r"no MLflow server answered its /health " \
+                    r"within 5 s .*tracking.mlflow: false", {"tracking": {"mlflow": url}}
+            else:
+                error, words, sections = OracleError, r"Label Studio at .* did not answer its " \
+                    r"/health within 5 s", {"loop": {"oracle": "labelstudio"}, "labelstudio": {
+                        "url": url, "project": 1, "api_key_env": "RAYDAL_TEST_LS_KEY"}}
+            with pytest.raises(error, match=words):
+                ActiveLoop(config(data, run_dir, **sections)).run()
             assert time.monotonic() - t0 < 15
             assert not run_dir.exists()
     finally:

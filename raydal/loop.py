@@ -20,6 +20,7 @@ import json
 import time
 from dataclasses import dataclass
 
+import torch
 import yaml
 
 from raydal import hooks
@@ -84,6 +85,7 @@ class ActiveLoop:
             data = self._prepare_data()
             from raydal.train import check_test_labels  # a label column scan: before any buying
             check_test_labels(Pool(data.test), data.num_classes)
+            self._check_model(data.num_classes)
             cfg = self.config
             self.tracking = self._open_tracking()
             try:
@@ -105,6 +107,31 @@ class ActiveLoop:
             from raydal.report import write_learning_curve
             write_learning_curve({cfg.name: rows}, self.run_dir / "report" / "learning_curve.png")
             return rows
+
+    def _check_model(self, num_classes: int) -> None:
+        """Build the model once here, before any label is bought: a timm keyword it refuses, a
+        pretrained file of another format or architecture, a freeze prefix that matches nothing
+        or one that freezes everything stop the run with one line (ConfigError), not the first
+        training task after round 0's labels. One forward pass of two blank images in training
+        mode catches the keywords timm only uses there (drop_rate)."""
+        from raydal.errors import RaydalError, one_line
+        from raydal.models import create_model
+        m = self.config.model
+        spec = self.model_spec(num_classes)
+        try:
+            model = create_model(spec, seed=self.config.seed)
+            model.train()(torch.zeros(2, spec.in_chans, spec.img_size, spec.img_size))
+        except RaydalError:
+            raise
+        except Exception as e:  # timm, torch, safetensors: many types for one mistake
+            raise ConfigError(
+                f"model {m.name!r} cannot be built as configured ({type(e).__name__}: "
+                f"{one_line(str(e))[:300]}); fix model.kwargs, model.pretrained_file or "
+                "model.freeze") from None
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ConfigError(f"model.freeze {m.freeze!r} freezes every parameter of "
+                              f"{m.name!r}: nothing would train; freeze fewer ('backbone' keeps "
+                              "the classifier trainable)")
 
     def _check_services_reachable(self) -> None:
         """An MLflow or Label Studio server that is down or silent fails the start in seconds,

@@ -119,6 +119,31 @@ def test_a_state_json_of_another_shape_is_rewritten(ray_cluster, data, tmp_path)
     assert json.loads((run_dir / "state.json").read_text())["phase"] == "awaiting_labels"
 
 
+@pytest.mark.parametrize("model, words", [
+    ({"kwargs": {"drop_rate": 2.0}}, "model 'test_resnet' cannot be built as configured .*"
+                                     "fix model.kwargs"),
+    ({"freeze": ["nope"]}, "cannot be built .*prefix 'nope' matches no parameter"),
+    ({"freeze": ["bn1", "conv1", "fc", "layer1", "layer2", "layer3", "layer4"]},
+     "freezes every parameter .*nothing would train"),
+    ({"pretrained_file": "WEIGHTS"}, "cannot be built .*fix model.kwargs, "
+                                     "model.pretrained_file"),
+])
+def test_a_model_that_cannot_train_stops_before_a_label_is_bought(ray_cluster, data, tmp_path,
+                                                                  model, words):
+    """timm keywords, freeze prefixes and pretrained files are checked by building the model
+    once on the driver: one line, nothing bought, and the corrected config runs in the same
+    run directory."""
+    if model.get("pretrained_file") == "WEIGHTS":
+        (tmp_path / "w.safetensors").write_bytes(b"not safetensors")
+        model = {"pretrained_file": str(tmp_path / "w.safetensors")}
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with pytest.raises(ConfigError, match=words):
+        ActiveLoop(config(data, run_dir, model=model)).run()
+    assert not (run_dir / "selections").exists() and not (run_dir / "labels").exists()
+    assert ActiveLoop(config(data, run_dir)).run() == []  # fixed: accepted, round 0 exported
+
+
 @pytest.mark.parametrize("service", ["mlflow", "labelstudio"])
 def test_an_unreachable_service_fails_the_start_in_seconds(data, tmp_path, monkeypatch, service):
     """An MLflow or Label Studio server on a refused port or one that accepts but never

@@ -94,7 +94,11 @@ def _phase(run_dir: Path) -> tuple[int, str] | None:
 def test_head_killed_mid_run_then_fail_fast_then_resume(ray_cluster, fashion_mnist, tmp_path):
     run_dir = tmp_path / "run"
     cfg_path = tmp_path / "config.yaml"
-    cfg_path.write_text(yaml.safe_dump(_config(fashion_mnist, run_dir)))
+    cfg = _config(fashion_mnist, run_dir)
+    # ~0.1 s an epoch here: 120 epochs keep round 0 training well past the kill 3 s in (with 2,
+    # a quiet machine once finished the whole run before the head was killed)
+    cfg["training"]["epochs"] = 120
+    cfg_path.write_text(yaml.safe_dump(cfg))
     with LocalCluster(num_workers=0, head_cpus=2) as cluster:
         env = {**cluster.node_env(), "RAY_ADDRESS": cluster.address}
         driver = subprocess.Popen([RAYDAL, "run", str(cfg_path), "--no-progress"], env=env,

@@ -84,8 +84,8 @@ def _cmd_import_labels(args: argparse.Namespace) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from raydal.datasets import prepare_dataset
-    meta = prepare_dataset(args.name, args.out, args.source)
+    from raydal.datasets import CLI_FIELDS, prepare_dataset
+    meta = prepare_dataset(args.name, args.out, args.source, fields=CLI_FIELDS)
     print(json.dumps(meta))
     return 0
 

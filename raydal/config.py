@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from raydal.errors import ConfigError
 from raydal.fs import Where, check, is_uri, redact, resolve
-from raydal.scoring.base import suggest
+from raydal.errors import suggest
 
 
 class _Section(BaseModel):

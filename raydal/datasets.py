@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
+from raydal.errors import ConfigError, suggest
 from raydal.fs import Location, Where, resolve
 from raydal.storage import atomic_write_json, atomic_write_parquet, read_json
 from raydal.transforms import encode_png
@@ -28,10 +29,15 @@ FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
+#: What the settings of ``prepare_dataset`` are called where the user sets them, for errors.
+CONFIG_FIELDS = {"name": "data.dataset", "out": "data.prepared_dir", "source": "data.source"}
+CLI_FIELDS = {"name": "NAME", "out": "--out", "source": "--source"}  # ``raydal data``
+
+
 def register_dataset(name: str, default_source: Path | None = None, get: str = ""):
     """Register importer ``fn(source folder, out Location) -> meta``. default_source: where a
-    package installs the files (None: the user must set data.source); get: how to obtain them,
-    quoted in errors."""
+    package installs the files (None: the user must set the source); get: how to obtain them,
+    quoted in errors ("{source}" stands for the name of the source setting)."""
     def deco(fn):
         fn.default_source, fn.get = default_source, get
         _IMPORTERS[name] = fn
@@ -69,6 +75,10 @@ def _find(source: Path, stem: str, get: str) -> Path:
     raise FileNotFoundError(f"{source / stem}(.gz) not found. {get}")
 
 
+def _how_to_get(name: str, fields: dict[str, str]) -> str:
+    return _IMPORTERS[name].get.replace("{source}", fields["source"])
+
+
 def images_table(images: np.ndarray, ids: list[str], labels: np.ndarray | None = None) -> pa.Table:
     """Pool-format table: id, image (PNG bytes)[, label]."""
     cols = {"id": pa.array(ids, pa.string()),
@@ -78,8 +88,9 @@ def images_table(images: np.ndarray, ids: list[str], labels: np.ndarray | None =
     return pa.table(cols)
 
 
-def _import_idx(source: Path, out: Location, name: str, classes: list[str]) -> dict:
-    get = _IMPORTERS[name].get
+def _import_idx(source: Path, out: Location, name: str, classes: list[str],
+                fields: dict[str, str]) -> dict:
+    get = _how_to_get(name, fields)
     train_x = read_idx(_find(source, "train-images-idx3-ubyte", get))
     train_y = read_idx(_find(source, "train-labels-idx1-ubyte", get))
     test_x = read_idx(_find(source, "t10k-images-idx3-ubyte", get))
@@ -102,35 +113,42 @@ _IDX_FILES = ("train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
 
 
 @register_dataset("fashion-mnist", default_source=FASHION_MNIST_DIR, get=(
-    "Install the data with `apt-get install -y dataset-fashion-mnist` or point data.source at "
+    "Install the data with `apt-get install -y dataset-fashion-mnist` or point {source} at "
     f"a folder holding the original IDX files ({_IDX_FILES})."))
-def import_fashion_mnist(source: Path, out: Location) -> dict:
-    return _import_idx(source, out, "fashion-mnist", FASHION_MNIST_CLASSES)
+def import_fashion_mnist(source: Path, out: Location, fields: dict[str, str]) -> dict:
+    return _import_idx(source, out, "fashion-mnist", FASHION_MNIST_CLASSES, fields)
 
 
 @register_dataset("mnist", get=(
     "No package installs MNIST: download its four original IDX files "
     f"({_IDX_FILES}, e.g. from https://ossci-datasets.s3.amazonaws.com/mnist/) into a folder "
-    "and set data.source to it."))
-def import_mnist(source: Path, out: Location) -> dict:
-    return _import_idx(source, out, "mnist", [str(d) for d in range(10)])
+    "and set {source} to it."))
+def import_mnist(source: Path, out: Location, fields: dict[str, str]) -> dict:
+    return _import_idx(source, out, "mnist", [str(d) for d in range(10)], fields)
 
 
-def prepare_dataset(name: str, out: Where, source: str | Path | None = None) -> dict:
-    """Import data set ``name`` into ``out`` (local or a URI) once; later calls return the
-    recorded meta."""
+def prepare_dataset(name: str, out: Where, source: str | Path | None = None,
+                    fields: dict[str, str] = CONFIG_FIELDS) -> dict:
+    """Import data set ``name`` into folder ``out`` (local or a URI) once; later calls return
+    the recorded meta. ``fields``: the names of these settings in errors (``CONFIG_FIELDS``,
+    ``CLI_FIELDS``). ConfigError for an unknown name, an ``out`` that is a file or a source
+    that is not set; FileNotFoundError (with how to get them) for missing files."""
     if name not in _IMPORTERS:
-        from raydal.scoring.base import suggest
-        raise ValueError(f"unknown data set {name!r}; expected one of {list_datasets()}."
-                         + suggest(name, list_datasets()))
+        raise ConfigError(f"unknown data set {name!r} ({fields['name']}); expected one of "
+                          f"{list_datasets()}." + suggest(name, list_datasets()))
     out = resolve(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{fields['out']} {out} is a file; give a folder (raydal writes "
+                          "pool.parquet, truth.parquet, test.parquet and meta.json into it)")
     meta = read_json(out / "meta.json")
     if meta is not None and meta.get("name") == name:
         return meta
     importer = _IMPORTERS[name]
-    src = Path(source) if source is not None else importer.default_source
+    src = Path(source).expanduser() if source is not None else importer.default_source
     if src is None:
-        from raydal.config import ConfigError
-        raise ConfigError(f"data.source is not set, and data set {name!r} has no default "
-                          f"folder. {importer.get}")
-    return importer(src, out)
+        raise ConfigError(f"{fields['source']} is not set, and data set {name!r} has no default "
+                          f"folder. {_how_to_get(name, fields)}")
+    if src.is_file():
+        raise ConfigError(f"{fields['source']} {src} is a file; give the folder that holds the "
+                          f"original files. {_how_to_get(name, fields)}")
+    return importer(src, out, fields)

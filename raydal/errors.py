@@ -9,6 +9,8 @@ so code that caught those keeps working.
 """
 from __future__ import annotations
 
+import difflib
+
 
 class RaydalError(Exception):
     """A user error: the message names what was wrong and the fix."""
@@ -62,3 +64,12 @@ class RunDirLocked(RunDirError):
 def one_line(message: str) -> str:
     """``message`` with its lines joined by '; ' (the CLI prints one line per error)."""
     return "; ".join(s for s in (line.strip() for line in str(message).splitlines()) if s)
+
+
+def suggest(name: str, choices: list[str]) -> str:
+    """' Did you mean ...?' for a mistyped name, or ''."""
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+    if not close:
+        lowered = {c.lower(): c for c in choices}
+        close = [lowered[name.lower()]] if name.lower() in lowered else []
+    return f" Did you mean {close[0]!r}?" if close else ""

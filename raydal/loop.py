@@ -86,10 +86,12 @@ class ActiveLoop:
             from raydal.train import check_test_labels  # a label column scan: before any buying
             check_test_labels(Pool(data.test), data.num_classes)
             self._check_model(data.num_classes)
+            self._check_pool_lasts(data.pool)
             cfg = self.config
+            oracle = create_oracle(cfg, data.truth)
+            oracle.check(data.pool, data.num_classes)  # e.g. a truth file that lacks pool ids
             self.tracking = self._open_tracking()
             try:
-                oracle = create_oracle(cfg, data.truth)
                 if not self._select_and_label(0, data, None, oracle):
                     return self.metrics()  # round 0 awaits labels
                 for r in range(cfg.loop.rounds + 1):
@@ -132,6 +134,17 @@ class ActiveLoop:
             raise ConfigError(f"model.freeze {m.freeze!r} freezes every parameter of "
                               f"{m.name!r}: nothing would train; freeze fewer ('backbone' keeps "
                               "the classifier trainable)")
+
+    def _check_pool_lasts(self, pool: Pool) -> None:
+        """ConfigError when the loop would buy more labels than the pool has images."""
+        loop = self.config.loop
+        wanted = loop.initial + loop.rounds * loop.per_round
+        if wanted > pool.num_rows:
+            lasts = (pool.num_rows - loop.initial) // loop.per_round
+            raise ConfigError(
+                f"loop.initial + loop.rounds x loop.per_round = {loop.initial} + {loop.rounds} x "
+                f"{loop.per_round} = {wanted} labels, but pool {pool.path} has {pool.num_rows} "
+                f"images; set loop.rounds to at most {max(lasts, 0)}, or use a larger pool")
 
     def _check_services_reachable(self) -> None:
         """An MLflow or Label Studio server that is down or silent fails the start in seconds,

@@ -29,7 +29,7 @@ import pyarrow.dataset as pads
 from raydal.fs import Location, Where, resolve
 from raydal.labels import LabelError, csv_label_rows
 from raydal.pool import Pool
-from raydal.scoring.base import suggest
+from raydal.errors import suggest
 from raydal.storage import atomic_write_bytes, atomic_write_json, read_table
 
 if TYPE_CHECKING:
@@ -74,6 +74,10 @@ class Oracle(abc.ABC):
     @abc.abstractmethod
     def from_config(cls, config: "RunConfig", truth: str | None) -> "Oracle":
         """The oracle a run's config asks for (``truth``: the data's ground-truth Parquet)."""
+
+    def check(self, pool: Pool, num_classes: int) -> None:
+        """Raise a RaydalError before any label is bought when this oracle cannot answer for
+        ``pool`` (default: nothing to check)."""
 
     @abc.abstractmethod
     def ask(self, request: LabelRequest) -> Answer:
@@ -130,6 +134,12 @@ class SimulatedOracle(Oracle):
     def ask(self, request: LabelRequest) -> Answer:
         return Answer(self.label(request.picks), source="simulated")
 
+    def check(self, pool: Pool, num_classes: int) -> None:
+        """Raise ConfigError (naming ``data.truth``) unless the truth file answers for every id
+        of ``pool`` with a class of the model: one scan of two columns, before any label is
+        bought (a missing id would otherwise surface as a KeyError rounds later)."""
+        check_truth(self.truth_path, pool, num_classes)
+
     def label(self, ids: Sequence[str]) -> dict[str, int]:
         t = pads.dataset(self.location.path, filesystem=self.location.fs,
                          format="parquet").to_table(
@@ -141,6 +151,50 @@ class SimulatedOracle(Oracle):
             raise KeyError(f"{len(missing)} ids have no ground truth in {self.truth_path} "
                            f"(e.g. {missing[0]!r})")
         return {i: int(found[i]) for i in ids}
+
+
+def check_truth(truth: Where, pool: Pool, num_classes: int) -> None:
+    """ConfigError unless Parquet ``truth`` (id, label) holds an integer label in
+    ``[0, num_classes)`` for every id of ``pool``. Ids are compared as strings (as the oracle
+    reads them); when some are missing and the id types differ, the message says so."""
+    from raydal.errors import ConfigError
+    where = f"data.truth {truth}"
+    try:
+        loc = resolve(truth)
+        table = pads.dataset(loc.path, filesystem=loc.fs, format="parquet").to_table()
+    except (OSError, pa.ArrowInvalid) as e:
+        raise ConfigError(f"{where} cannot be read as Parquet ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200]}); give a Parquet file of (id, label) "
+                          "columns") from None
+    absent = [c for c in ("id", "label") if c not in table.column_names]
+    if absent:
+        raise ConfigError(f"{where} has no {' or '.join(absent)} column (it has "
+                          f"{table.column_names}); give a Parquet file of (id, label) columns")
+    ids, labels = table.column("id"), table.column("label")
+    if not pa.types.is_integer(labels.type):
+        raise ConfigError(f"{where}: column label is {labels.type}, not integer class indices; "
+                          f"write labels as integers in [0, {num_classes})")
+    bad = pc.fill_null(pc.or_(pc.less(labels, 0), pc.greater_equal(labels, num_classes)), True)
+    if pc.any(bad).as_py():
+        first = pc.filter(table, bad).slice(0, 3)
+        examples = ", ".join(f"id {i!r}: {v}" for i, v in zip(first.column("id").to_pylist(),
+                                                              first.column("label").to_pylist()))
+        raise ConfigError(f"{where}: {pc.sum(bad).as_py()} labels are not classes of the model, "
+                          f"[0, {num_classes}) (e.g. {examples}); fix the labels or "
+                          "data.num_classes")
+    known = pc.cast(ids, pa.string())
+    missing, total, pool_type = [], 0, None
+    for chunk in pool.iter_batches(["id"]):
+        pool_ids = pc.cast(chunk.column(0), pa.string())
+        pool_type = chunk.schema.field(0).type
+        total += len(pool_ids)
+        missing += pc.filter(pool_ids, pc.invert(pc.is_in(pool_ids, value_set=known))).to_pylist()
+    if missing:
+        hint = (f" (the pool's ids are {pool_type}, the truth's {ids.type}: e.g. pool id "
+                f"{missing[0]!r}, truth id {ids[0].as_py()!r})" if pool_type != ids.type else "")
+        raise ConfigError(f"{where} has no label for {len(missing)} of the {total} ids of pool "
+                          f"{pool.path} (e.g. {missing[:3]}){hint}; give a truth file with "
+                          "every pool id, or use loop.oracle: file to label them yourself")
 
 
 @register_oracle("file")

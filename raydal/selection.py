@@ -410,7 +410,8 @@ def _no_usable_images(pool: Pool, skipped: list[tuple[str, str]], num_labeled: i
                       ) -> SelectionError:
     if not skipped:
         return SelectionError(f"pool {pool.path} has no unlabeled image left ({num_labeled} "
-                              "labeled): nothing to select; lower the budget or add images")
+                              "labeled): nothing to select; add images to the pool (in a run: fewer "
+                              "loop.rounds)")
     reasons = Counter(reason.split(":", 1)[0] for _, reason in skipped)
     first = skipped[0]
     return SelectionError(

@@ -8,10 +8,11 @@ Higher scores are picked first.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from typing import Any, ClassVar, Iterable
 
 import torch
+
+from raydal.errors import suggest
 
 _REGISTRY: dict[str, type["Strategy"]] = {}
 
@@ -75,15 +76,6 @@ def register_strategy(cls: type[Strategy]) -> type[Strategy]:
 
 def list_strategies() -> list[str]:
     return sorted(_REGISTRY)
-
-
-def suggest(name: str, choices: list[str]) -> str:
-    """' Did you mean ...?' for a mistyped name, or ''."""
-    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
-    if not close:
-        lowered = {c.lower(): c for c in choices}
-        close = [lowered[name.lower()]] if name.lower() in lowered else []
-    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 def create_strategy(name: str, **options: Any) -> Strategy:

@@ -35,10 +35,11 @@ def data(tmp_path_factory, labeled_pool_files):
     return d
 
 
-def config(data, run_dir, pool="pool.parquet", **sections):
+def config(folder, run_dir, pool="pool.parquet", **sections):
     base = {"run_dir": str(run_dir), "progress": False,
-            "data": {"dataset": None, "pool": str(data / pool), "test": str(data / "test.parquet"),
-                     "truth": str(data / "truth.parquet"), "num_classes": 3},
+            "data": {"dataset": None, "pool": str(folder / pool),
+                     "test": str(folder / "test.parquet"),
+                     "truth": str(folder / "truth.parquet"), "num_classes": 3},
             "model": {"name": "test_resnet", "in_chans": 1, "img_size": 32},
             "loop": {"initial": 10, "per_round": 5, "rounds": 0, "oracle": "file"},
             "training": {"epochs": 1, "batch_size": 8}}
@@ -142,6 +143,54 @@ def test_a_model_that_cannot_train_stops_before_a_label_is_bought(ray_cluster, d
         ActiveLoop(config(data, run_dir, model=model)).run()
     assert not (run_dir / "selections").exists() and not (run_dir / "labels").exists()
     assert ActiveLoop(config(data, run_dir)).run() == []  # fixed: accepted, round 0 exported
+
+
+def _truth(data, name, ids, labels):
+    pq.write_table(pa.table({"id": ids, "label": labels}), data / name)
+    return str(data / name)
+
+
+@pytest.mark.parametrize("case, words", [
+    ("lacks", r"data.truth .* has no label for 20 of the 60 ids of pool .*every pool id"),
+    ("int ids", r"has no label for 60 of the 60 ids .*pool's ids are string, the truth's int64"),
+    ("classes", r"data.truth .*: 2 labels are not classes of the model, \[0, 3\) .*: 7"),
+    ("floats", r"column label is double, not integer class indices"),
+    ("columns", r"has no label column"),
+    ("not parquet", r"cannot be read as Parquet"),
+])
+def test_a_truth_file_that_cannot_answer_is_refused_before_a_label_is_bought(
+        ray_cluster, data, tmp_path, case, words):
+    """The simulated oracle's truth file is checked against the pool's ids (coverage, id type)
+    and the model's classes once before round 0 selects: one line, not a KeyError later; the
+    corrected file runs in the same run directory."""
+    ids = pq.read_table(data / "truth.parquet").column("id").to_pylist()
+    labels = [i % 3 for i in range(60)]
+    truth = {"lacks": lambda: _truth(data, "t1.parquet", ids[:40], labels[:40]),
+             "int ids": lambda: _truth(data, "t2.parquet", list(range(60)), labels),
+             "classes": lambda: _truth(data, "t3.parquet", ids, [7, -1] + labels[2:]),
+             "floats": lambda: _truth(data, "t4.parquet", ids, [float(x) for x in labels]),
+             "columns": lambda: str(data / "pool.parquet"),
+             "not parquet": lambda: str(data / "garbage.parquet") + ".csv"}[case]()
+    if case == "not parquet":
+        open(truth, "w").write("id,label\n")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=words):
+        ActiveLoop(config(data, run_dir, data={"truth": truth},
+                          loop={"oracle": "simulated"})).run()
+    assert time.perf_counter() - t0 < 15
+    assert not (run_dir / "selections").exists() and not (run_dir / "labels").exists()
+    rows = ActiveLoop(config(data, run_dir, loop={"oracle": "simulated"})).run()
+    assert [r["num_labeled"] for r in rows] == [10]  # the right truth: round 0 bought, trained
+
+
+def test_a_loop_longer_than_the_pool_is_refused_with_the_rounds_it_allows(ray_cluster, data,
+                                                                          tmp_path):
+    with pytest.raises(ConfigError, match=r"10 \+ 11 x 5 = 65 labels, but pool .* has 60 "
+                                          r"images; set loop.rounds to at most 10"):
+        ActiveLoop(config(data, tmp_path / "run", loop={"rounds": 11})).run()
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("service", ["mlflow", "labelstudio"])

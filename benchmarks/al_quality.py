@@ -58,7 +58,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # this checkout's raydal (the GPU machine has none installed)
 
 from raydal.datasets import prepare_dataset
-from raydal.merge import top_k
+from raydal.merge import BALANCES, balanced_top_k, top_k
 from raydal.models import ModelSpec, create_model
 from raydal.pool import Pool
 from raydal.scoring import create_strategy
@@ -201,8 +201,9 @@ def quick(r: Regime) -> Regime:
 
 # ---- data, training, evaluation -----------------------------------------------------------------
 def parse_strategy(text: str, seed: int):
-    """'name' or 'name:key=value,...' -> Strategy (strategies with a seed get the run's seed)."""
-    name, _, rest = text.partition(":")
+    """'name' or 'name:key=value,...' -> Strategy (strategies with a seed get the run's seed);
+    a class-balance suffix ('margin@proportional') is the selection's, see ``split_balance``."""
+    name, _, rest = split_balance(text)[0].partition(":")
     options = {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
@@ -211,6 +212,17 @@ def parse_strategy(text: str, seed: int):
     if "seed" in strategy.options() and "seed" not in options:
         strategy = create_strategy(name, **options, seed=seed)
     return strategy
+
+
+def split_balance(text: str) -> tuple[str, str]:
+    """'margin@proportional' -> ('margin', 'proportional'): the strategy and the selection's
+    class balance (``raydal.select(balance=...)``; 'none' without a suffix)."""
+    spec, _, balance = text.partition("@")
+    balance = balance or "none"
+    if balance not in BALANCES:
+        raise ValueError(f"strategy {text!r}: class balance {balance!r} is not one of "
+                         f"{list(BALANCES)}")
+    return spec, balance
 
 
 def decode(table, spec) -> torch.Tensor:
@@ -383,9 +395,11 @@ def chunks(rows: np.ndarray, size: int = 512) -> list[np.ndarray]:
     return np.array_split(rows, max(1, math.ceil(len(rows) / size)))
 
 
-def select_in_process(strategy, model, ids, x, y, labeled: np.ndarray, budget: int):
+def select_in_process(strategy, model, ids, x, y, labeled: np.ndarray, budget: int,
+                      balance: str = "none"):
     """Exact single-process selection of ``budget`` unlabeled rows: (row indices, context,
-    scores of the unlabeled rows or None for set strategies, unlabeled rows)."""
+    scores of the unlabeled rows or None for set strategies, unlabeled rows); ``balance``:
+    per-predicted-class quotas (``raydal.merge.balanced_top_k``) for score strategies."""
     context = (strategy.prepare(model, batches(x[labeled], y[labeled]))
                if strategy.needs_labeled else None)
     free = np.setdiff1d(np.arange(len(ids)), labeled)
@@ -401,6 +415,13 @@ def select_in_process(strategy, model, ids, x, y, labeled: np.ndarray, budget: i
                                 for rows in chunks(free)])
         picked = strategy.pick(ids[free], feats, budget, context)
         return np.searchsorted(ids, picked), context, None, free
+    if balance != "none":
+        out = [strategy.score_with_classes(model, x[rows], list(ids[rows]), context)
+               for rows in chunks(free)]
+        scores = torch.cat([s.double().cpu() for s, _ in out]).numpy()
+        classes = torch.cat([c.cpu() for _, c in out]).numpy()
+        top_ids = balanced_top_k(ids[free], scores, classes, budget, balance)[0]
+        return np.searchsorted(ids, np.sort(top_ids)), context, scores, free
     scores = torch.cat([strategy.score(model, x[rows], list(ids[rows]), context).double().cpu()
                         for rows in chunks(free)]).numpy()
     top_ids, _ = top_k(ids[free], scores, budget)
@@ -408,13 +429,13 @@ def select_in_process(strategy, model, ids, x, y, labeled: np.ndarray, budget: i
 
 
 def select_library(strategy, model, pool, ids, y, labeled: np.ndarray, budget: int,
-                   spec: ModelSpec) -> np.ndarray:
+                   spec: ModelSpec, balance: str = "none") -> np.ndarray:
     """The same selection through ``raydal.select`` (Ray tasks decode the pool's stored images
     and score them): row indices of the picks. One scorer: the picks do not depend on it."""
     from raydal.selection import select
     labels = {str(ids[i]): int(y[i]) for i in labeled}
     sel = select(pool, model, strategy, budget, labels, input_spec=spec.input_spec,
-                 num_actors=1, batch_size=256, progress=False)
+                 num_actors=1, batch_size=256, progress=False, balance=balance)
     return np.searchsorted(ids, np.sort(np.asarray(sel.ids, dtype=str)))
 
 
@@ -430,7 +451,7 @@ def run_one(r: Regime, data, seed: int, name: str, diagnose_every: int = 1, devi
     ids, x, y, test_x, test_y, raw = data
     y_cpu = y.cpu()
     spec = r.spec()
-    strategy = parse_strategy(name, seed)
+    strategy, balance = parse_strategy(name, seed), split_balance(name)[1]
     labeled = np.sort(np.random.default_rng(1000 + seed).choice(len(ids), r.initial,
                                                                 replace=False))
     pool = None
@@ -457,11 +478,11 @@ def run_one(r: Regime, data, seed: int, name: str, diagnose_every: int = 1, devi
         t = time.perf_counter()
         if pool is not None:
             new, context = select_library(strategy, model.cpu(), pool, ids, y_cpu, labeled,
-                                          r.query, spec), None
+                                          r.query, spec, balance), None
             model.to(device)
         else:
             new, context, scores, free = select_in_process(strategy, model, ids, x, y, labeled,
-                                                           r.query)
+                                                           r.query, balance)
         point["select_seconds"] = round(time.perf_counter() - t, 2)
         t_sel += point["select_seconds"]
         point["picks_per_class"] = np.bincount(y_cpu[new].numpy(), minlength=10).tolist()

@@ -430,8 +430,12 @@ def _fit_with_progress(fit: Callable[[], Any], tracker, epochs: int, enabled: bo
             bar.update(epoch - bar.n)
             if epoch >= 1:
                 hooks.point(hook_name)  # mid-training
+            if epoch >= epochs:
+                break  # trained: the worker evaluates
             if loss is not None:
                 bar.set_postfix(loss=f"{loss:.3f}")
+    hooks.point(f"{hook_name}-evaluating")  # trained; its evaluation not saved yet
+    thread.join()
     value, error = out["result"]
     if error is not None:
         raise error

@@ -73,13 +73,14 @@ def test_resume_refuses_a_different_config(finished_run, fashion_mnist):
         ActiveLoop(small_config(fashion_mnist, run_dir, per_round=31)).run()
 
 
-@pytest.mark.parametrize("phase", ["selected-0", "select-1", "selected-1", "label-1",
-                                   "train-1"])
+@pytest.mark.parametrize("phase", ["selected-0", "train-0-evaluating", "select-1",
+                                   "selected-1", "label-1", "train-1"])
 def test_driver_killed_in_any_phase_resumes_with_nothing_lost(
         ray_cluster, fashion_mnist, finished_run, tmp_path, phase):
-    """SIGKILL a real driver process in a phase (right after round 0's random picks are written,
-    or in round 1), resume, compare with a clean run: the same labels, the same picks in the
-    same order and the same test accuracies (the run asked for, not another one)."""
+    """SIGKILL a real driver process in a phase (right after round 0's random picks are
+    written; after round 0 trained, while it is evaluated; in round 1: scored, selection
+    written, labels bought, mid-training), resume, compare with a clean run: the same labels,
+    the same picks in the same order and the same test accuracies (the run asked for)."""
     run_dir = tmp_path / "run"
     cfg = small_config(fashion_mnist, run_dir)
     cfg_path = tmp_path / "config.yaml"
@@ -91,7 +92,7 @@ def test_driver_killed_in_any_phase_resumes_with_nothing_lost(
     assert driver.returncode == -signal.SIGKILL, driver.stderr.decode()[-3000:]
     target = run_dir / "selections" / "round-0001.parquet"
     selection = target.read_bytes() if target.exists() else None
-    assert (selection is None) == (phase in ("selected-0", "select-1"))
+    assert (selection is None) == (phase in ("selected-0", "train-0-evaluating", "select-1"))
 
     rows = ActiveLoop(cfg).run()  # resume in this process
     if selection is not None:

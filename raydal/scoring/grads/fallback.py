@@ -14,6 +14,20 @@ def per_sample_terms(model, x, yhat, names, g_L, chunk_size, autocast_dtype, cdt
     """(B,) float64 squared norms of the per-sample gradients of the named parameters and their
     inner products with g_L (zeros when g_L is None), chunk_size samples at a time (memory
     chunk_size x P)."""
+    norm = torch.zeros(len(x), dtype=torch.float64, device=x.device)
+    inner = torch.zeros_like(norm)
+    for sl, grads in per_sample_grads(model, x, yhat, names, chunk_size, autocast_dtype, cdtype):
+        for n, g in grads.items():
+            n2, i2 = flat_terms(g, g_L[n] if g_L is not None else None)
+            norm[sl] += n2
+            if i2 is not None:
+                inner[sl] += i2
+    return norm, inner
+
+
+def per_sample_grads(model, x, yhat, names, chunk_size, autocast_dtype, cdtype):
+    """Yields (slice of x, {name: (n, *shape) per-sample gradients in cdtype}) of the pseudo-label
+    losses CE(f(x_u), yhat_u) for the named parameters, chunk_size samples at a time."""
     params = dict(model.named_parameters())
     sub = {n: params[n].detach() for n in names}
 
@@ -23,31 +37,23 @@ def per_sample_terms(model, x, yhat, names, g_L, chunk_size, autocast_dtype, cdt
         return F.cross_entropy(out.to(cdtype), yi.unsqueeze(0))
 
     vmapped = torch.func.vmap(torch.func.grad(loss_one), in_dims=(None, 0, 0))
-
-    norm = torch.zeros(len(x), dtype=torch.float64, device=x.device)
-    inner = torch.zeros_like(norm)
     use_loop = False
-    with torch.no_grad():
-        for start in range(0, len(x), chunk_size):
-            sl = slice(start, start + chunk_size)
-            if not use_loop:
-                try:
+    for start in range(0, len(x), chunk_size):
+        sl = slice(start, start + chunk_size)
+        if not use_loop:
+            try:
+                with torch.no_grad():
                     grads = vmapped(sub, x[sl], yhat[sl])
-                except (RuntimeError, NotImplementedError) as err:
-                    use_loop = True
-                    warn_once(f"loop:{type(model).__qualname__}", "dynamicAL: torch.func.vmap "
-                              "cannot run %s (%s); using a per-sample autograd loop for %d "
-                              "parameter(s) instead: exact, but one batch-of-1 training "
-                              "step per sample", type(model).__name__,
-                              str(err).splitlines()[0][:200], len(names))
-            if use_loop:
-                grads = _loop_grads(loss_one, sub, x[sl], yhat[sl])
-            for n, g in grads.items():
-                n2, i2 = flat_terms(g.to(cdtype), g_L[n] if g_L is not None else None)
-                norm[sl] += n2
-                if i2 is not None:
-                    inner[sl] += i2
-    return norm, inner
+            except (RuntimeError, NotImplementedError) as err:
+                use_loop = True
+                warn_once(f"loop:{type(model).__qualname__}", "dynamicAL: torch.func.vmap "
+                          "cannot run %s (%s); using a per-sample autograd loop for %d "
+                          "parameter(s) instead: exact, but one batch-of-1 training "
+                          "step per sample", type(model).__name__,
+                          str(err).splitlines()[0][:200], len(names))
+        if use_loop:
+            grads = _loop_grads(loss_one, sub, x[sl], yhat[sl])
+        yield sl, {n: g.to(cdtype) for n, g in grads.items()}
 
 
 def _loop_grads(loss_one, sub, xs, ys) -> dict:

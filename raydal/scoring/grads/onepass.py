@@ -1,5 +1,7 @@
-"""The one-pass exact path: one forward + one backward of the summed pseudo-label loss; hooks hand
-each covered layer's input A and output gradient G to its rule."""
+"""The one-pass path: one forward + one backward of the summed pseudo-label loss; hooks hand
+each covered layer's input A and output gradient G to its rule. ``one_pass`` is the engine
+every gradient strategy runs: a job says what each layer's (A, G) is contracted with (the
+scores' g_L slices here, ``ghost_terms``; a sketch's directions, ``raydal.scoring.sketch``)."""
 from __future__ import annotations
 
 import weakref
@@ -11,17 +13,28 @@ from torch import nn
 
 from raydal.scoring.grads.common import autocast, warn_once
 from raydal.scoring.grads import registry
-from raydal.scoring.grads.registry import Block, Rule, RootTerms, flat_terms, rule_for
+from raydal.scoring.grads.registry import Block, Rule, RootTerms, RuleSpec, flat_terms, rule_for
 
 
-class _Collector:
-    """A call's per-parameter pieces, reduced once at the end: (B,) squared norms and inner products
-    stacked and summed, unsquared norms squared together, and the small per-sample blocks
-    concatenated into one (B, K) matrix with one norm and one product against g_L (one or two
-    dispatches each instead of two accumulations per parameter)."""
+class _Scores:
+    """The scores' job in ``one_pass``: each rule's terms against g_L's slices (g_c: in the
+    contraction dtype). A call's per-parameter pieces are reduced once at the end: (B,) squared
+    norms and inner products stacked and summed, unsquared norms squared together, and the small
+    per-sample blocks concatenated into one (B, K) matrix with one norm and one product against
+    g_L (one or two dispatches each instead of two accumulations per parameter)."""
 
-    def __init__(self):
+    def __init__(self, g_L: dict | None, g_c: dict | None):
+        self.g_L, self.g_c = g_L, g_c
         self.norms, self.roots, self.inners, self.blocks, self.block_names = [], [], [], [], []
+
+    def rule(self, spec: RuleSpec) -> Rule:
+        return spec.rule
+
+    def wanted(self, names: dict) -> dict:
+        return {s: self.g_c[full] if self.g_c is not None else None for s, full in names.items()}
+
+    def loose(self, name: str, per_sample: torch.Tensor) -> None:
+        self.add([flat_terms(per_sample, self.g_L[name] if self.g_L is not None else None)], {})
 
     def add(self, items, names: dict) -> None:
         for item in items:
@@ -66,8 +79,8 @@ def _total(parts: list) -> torch.Tensor:
 
 class _Site:
     """One covered module: captures its input A, hooks its output (its tap child's input for timm
-    norm+act modules) and, when that output's gradient G arrives in the backward pass, hands the
-    module's per-sample terms to the collector.
+    norm+act modules) and, when that output's gradient G arrives in the backward pass, hands
+    rule(module, A, G, wanted) to the job's collector (``add``).
 
     The backward pass runs towards the zero probe (and the loose copies) only, so it computes no
     weight gradients. An output whose input is a graph root (the model's input, token ids) gets
@@ -75,8 +88,8 @@ class _Site:
     unless the model has a branch that starts from parameters alone; ``probe_all`` covers that
     case (``fired`` tells)."""
 
-    def __init__(self, module: nn.Module, rule: Rule, wanted: dict, names: dict,
-                 collector: _Collector, ctype):
+    def __init__(self, module: nn.Module, rule: Rule, wanted: dict, names: dict, collector,
+                 ctype):
         self.module, self.rule, self.wanted, self.names = module, rule, wanted, names
         self.collector, self.ctype = collector, ctype
         self.calls, self.batch, self.a, self.root_input, self.fired = 0, None, None, False, False
@@ -135,7 +148,7 @@ def _set_grad(enabled: bool) -> None:  # a hook that returns None leaves the inp
 
 
 def _plan(model: nn.Module, selected: dict) -> tuple[list, dict, list]:
-    """Split selected parameter names into covered sites [(module, rule, tap, {short: full})],
+    """Split selected parameter names into covered sites [(module, rule spec, {short: full})],
     loose parameters {full: param} (batch-broadcast, e.g. ViT pos_embed / cls_token) and the
     names left to the fallback."""
     uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
@@ -149,7 +162,7 @@ def _plan(model: nn.Module, selected: dict) -> tuple[list, dict, list]:
         covered = {s: full for s, full in own.items()
                    if spec and s in spec.params and uses[id(selected[full])] == 1}
         if covered:
-            sites.append((m, spec.rule, spec.tap, covered))
+            sites.append((m, spec, covered))
         for s, full in own.items():
             p = selected[full]
             if s in covered:
@@ -253,28 +266,44 @@ def model_cache(model: nn.Module, selected: dict) -> ModelCache:
     return per_model[key]
 
 
-def ghost_terms(model, x, selected, g_L, autocast_dtype, cdtype, local_grad, probe_all=False,
+def ghost_terms(model, x, selected, g_L, autocast_dtype, cdtype, local_grad,
                 cache: ModelCache | None = None, ctype: torch.dtype | None = None):
-    """One forward + one backward of the summed pseudo-label loss. Returns ((B,) float64 squared
-    norms, (B,) float64 inner products, (B,) pseudo-labels, names left to the fallback), or None
-    when local_grad cut the graph (the logits are not a function of the hooked modules). A site
-    the backward pass missed (a branch that starts from parameters alone) makes it run again
-    with the probe on every site. g_L: on the parameters' devices (``ModelCache.device_g_L``)
-    or None. ctype: the dtype the rules contract A and G in (default cdtype); bf16 hands them
-    autocast's bf16 tensors without an upcast copy, with g_L's slices in bf16 and float32 sums
-    (small blocks, e.g. biases and norm affine parameters, stay float32). No host
-    synchronisation: a CUDA graph can capture it."""
-    b = x.shape[0]
+    """The scores' pass. Returns ((B,) float64 squared norms, (B,) float64 inner products, (B,)
+    pseudo-labels, names left to the fallback), or None when local_grad cut the graph. g_L: on the
+    parameters' devices (``ModelCache.device_g_L``) or None. ctype: the dtype the rules contract A
+    and G in (default cdtype); bf16 hands them autocast's bf16 tensors without an upcast copy,
+    with g_L's slices in bf16 and float32 sums (small blocks, e.g. biases and norm affine
+    parameters, stay float32). No host synchronisation: a CUDA graph can capture it."""
     cache = cache if cache is not None else model_cache(model, selected)
-    plan, loose, rest = cache.plan_for(model, selected)
     ctype = ctype or cdtype
-    wanted = lambda full: g_L[full] if g_L is not None else None  # noqa: E731
     g_c = g_L if g_L is None or ctype == cdtype else cache.g_L_as(ctype)
-    wanted_c = lambda full: g_c[full] if g_c is not None else None  # noqa: E731
+    result = one_pass(model, x, selected, lambda: _Scores(g_L, g_c), autocast_dtype, cdtype,
+                      local_grad, cache, ctype)
+    if result is None:
+        return None
+    scores, yhat, rest = result
+    norm, inner = scores.reduce(x.shape[0], x.device,
+                                cache.block_vector if g_L is not None else lambda names: None)
+    return norm, inner, yhat, rest
+
+
+def one_pass(model, x, selected, new_job, autocast_dtype, cdtype, local_grad, cache: ModelCache,
+             ctype: torch.dtype, probe_all: bool = False):
+    """One forward + one backward of the summed pseudo-label loss, model in eval mode. A fresh job
+    ``new_job()`` says what each covered layer's (A, G) is contracted with: job.rule(spec) the
+    layer's contraction (called as rule(module, A, G, wanted) in the backward pass, A and G in
+    ctype), job.wanted({short: full name}) its ``wanted``, job.add(result, names) takes the
+    result, job.loose(name, (B, ...) per-sample gradient) takes a loose parameter's. Returns
+    (job, (B,) pseudo-labels, names left to the fallback: no rule, or a module called more than
+    once), or None when local_grad cut the graph (the logits are not a function of the hooked
+    modules). A site the backward pass missed (a branch that starts from parameters alone) makes
+    it run again with the probe on every site."""
+    b = x.shape[0]
+    plan, loose, rest = cache.plan_for(model, selected)
+    job = new_job()
     probe = torch.zeros((), dtype=cdtype, device=x.device, requires_grad=True)
-    collector = _Collector()
-    sites = [(_Site(m, rule, {s: wanted_c(f) for s, f in names.items()}, names, collector, ctype),
-              tap, names) for m, rule, tap, names in plan]
+    sites = [(_Site(m, job.rule(spec), job.wanted(names), names, job, ctype), spec.tap, names)
+             for m, spec, names in plan]
     # a loose parameter p (1, ...) is swapped for a per-sample copy (B, ...): its gradient is then
     # the per-sample gradient, given that the model broadcasts it over the batch
     copies = {n: p.detach().expand(b, *p.shape[1:]).clone().requires_grad_() for n, p in loose.items()}
@@ -305,14 +334,11 @@ def ghost_terms(model, x, selected, g_L, autocast_dtype, cdtype, local_grad, pro
             missed = any(site.wanted and not site.fired for site, _, _ in sites)
             for name, g in zip(copies, grads[1:]):
                 if g is not None:
-                    collector.add([flat_terms(g if g.dtype == cdtype else g.to(cdtype),
-                                              wanted(name))], {})
+                    job.loose(name, g if g.dtype == cdtype else g.to(cdtype))
     finally:
         for h in handles:
             h.remove()
     if missed and not probe_all:
-        return ghost_terms(model, x, selected, g_L, autocast_dtype, cdtype, local_grad,
-                           probe_all=True, cache=cache, ctype=ctype)
-    norm, inner = collector.reduce(b, x.device,
-                                   cache.block_vector if g_L is not None else lambda names: None)
-    return norm, inner, yhat, rest
+        return one_pass(model, x, selected, new_job, autocast_dtype, cdtype, local_grad, cache,
+                        ctype, probe_all=True)
+    return job, yhat, rest

@@ -6,8 +6,9 @@ greedily instead: after each ``chunk`` of picks with gradient sum g_Q, every rem
 candidate's gain is
     f(u | Q) = s(u) - 2 * diversity * <g_Q, g_u>,      s(u) = ||g_u||^2 + ip_weight <g_L, g_u>,
 i.e. the dynamicAL reference code's "influence deduction" (chunked greedy), with the inner
-products taken from seeded random projections of the full-network per-sample gradients
-(``raydal.scoring.sketch``: unbiased, computed layer by layer, never the B x P matrix).
+products taken from seeded random projections of the per-sample gradients over the same
+parameters as s(u) (``raydal.scoring.sketch``: unbiased, computed layer by layer by the same
+gradient rules, a user's ``register_rule`` included, never the B x P matrix).
 diversity = 0 is plain dynamicAL; the paper's objective G(L ∪ Q) itself would ADD the cross
 terms (diversity = -0.5), which rewards redundant batches: that is why the sign is flipped.
 
@@ -58,10 +59,11 @@ def diverse_greedy(scores: np.ndarray, sketches: np.ndarray, k: int, diversity: 
 @register_strategy
 @dataclass
 class DynamicALBatch(SetStrategy):
-    """Options: ip_weight, params, gradient_reduction (as dynamicAL); diversity (weight of the
-    deduction, 0 = dynamicAL), chunk (picks per greedy step; the reference code deducts after
-    chunks), sketch_dim (directions of the gradient projection), seed (of the projection),
-    oversample (candidates kept = oversample x budget)."""
+    """Options: ip_weight, params (of the scores and of the sketches), gradient_reduction (as
+    dynamicAL); diversity (weight of the deduction, 0 = dynamicAL), chunk (picks per greedy
+    step; the reference code deducts after chunks), sketch_dim (directions of the gradient
+    projection), seed (of the projection), oversample (candidates kept = oversample x
+    budget)."""
 
     name: ClassVar[str] = "dynamicAL_batch"
     ip_weight: float = 2.0
@@ -100,7 +102,7 @@ class DynamicALBatch(SetStrategy):
         """Rows [s(u), sketch_u (sketch_dim)]: (B, 1 + sketch_dim) float32."""
         s = self.scores(model, x, ids, context)
         sk = gradient_sketch(model, x.to(next(model.parameters()).device), self.sketch_dim,
-                             self.seed).cpu()
+                             self.seed, params=self.params).cpu()
         return torch.cat([s.double()[:, None], sk], dim=1).float().numpy()
 
     def _top(self, ids: np.ndarray, feats: np.ndarray, m: int) -> np.ndarray:

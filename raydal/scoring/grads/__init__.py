@@ -12,7 +12,8 @@ Layout: ``registry`` (``register_rule``, the seam for a layer type's rule), one 
 family (``linear``, ``conv``, ``norm``, ``embedding``, ``timm_layers``), ``onepass`` (the hooks,
 and the per-model cache of the plan and of g_L on the device), ``graphed`` (the whole call as a
 CUDA graph) and ``fallback`` (chunked vmap for parameters no rule covers, or a per-sample
-autograd loop where vmap cannot run the model).
+autograd loop where vmap cannot run the model). The same rules, pass and fallback compute
+dynamicAL_batch's gradient sketches (``raydal.scoring.sketch``, through a rule's ``project``).
 
 A call's fixed cost is its operator dispatches (on a GPU, launch and host time: ~55 ms a call on
 resnet50 before this layout): built-in rules hand small per-sample blocks (biases, norm affine
@@ -33,10 +34,10 @@ from raydal.scoring.grads import fallback, registry
 from raydal.scoring.grads.common import autocast, device_of, eval_mode, select_params, warn_once
 from raydal.scoring.grads.graphed import check_cuda_graph, graphed_scores
 from raydal.scoring.grads.onepass import ghost_terms, model_cache
-from raydal.scoring.grads.registry import Rule, Terms, flat_terms, register_rule
+from raydal.scoring.grads.registry import Rule, Terms, flat_terms, projection, register_rule
 
-__all__ = ["dynamical_scores", "labeled_gradient", "register_rule", "flat_terms", "Rule", "Terms",
-           "check_cuda_graph"]
+__all__ = ["dynamical_scores", "labeled_gradient", "register_rule", "flat_terms", "projection",
+           "Rule", "Terms", "check_cuda_graph"]
 _select_params = select_params  # the benchmark's name
 
 

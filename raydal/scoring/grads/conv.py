@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raydal.scoring.grads.registry import Block, acc, dot, gram_norm, register_rule, root_terms, \
-    use_gram
+from raydal.scoring.grads.registry import Block, acc, dot, gram_norm, projection, register_rule, \
+    root_terms, use_gram
 
 
 def _explicit_padding(m: nn.Module, a: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -83,7 +83,25 @@ def materialised_weight_terms(m: nn.Module, a, g, v):
     return root_terms(_per_sample_weight(m, a, g), v)
 
 
-@register_rule(nn.Conv1d, nn.Conv2d)
+def conv_project(m: nn.Module, a, g, dirs: dict) -> torch.Tensor:
+    """Sketch: an ungrouped weight's per-sample gradient on rank-one directions r s^T is
+    sum_t (r . g_t)(s . patch_t): the input convolved with the dim kernels S, times G contracted
+    with R, summed over positions (no per-sample gradient); a grouped weight's per-sample
+    gradients are materialised and projected; the bias's is G summed over positions."""
+    out = 0
+    if "weight" in dirs:
+        if m.groups == 1:
+            r, s = dirs["weight"]
+            sa = m._conv_forward(a, s, None)  # (B, dim, *T)
+            out = (sa * torch.einsum("bo...,ko->bk...", g, r)).flatten(2).sum(2)
+        else:
+            out = projection(_per_sample_weight(m, a, g), dirs["weight"])
+    if "bias" in dirs:
+        out = out + projection(g.flatten(2).sum(2), dirs["bias"])
+    return out
+
+
+@register_rule(nn.Conv1d, nn.Conv2d, project=conv_project)
 def conv_terms(m: nn.Module, a, g, wanted: dict) -> list:
     out = []
     if "weight" in wanted:

@@ -3,7 +3,9 @@ small contractions every rule shares.
 
 A rule turns a layer's input A (B, ...) and its output gradient G (B, ...) into each parameter's
 per-sample squared gradient norm and inner product with g_L, without a per-sample gradient
-matrix for the whole network.
+matrix for the whole network. Its optional projection turns the same (A, G) into the per-sample
+gradients' projections on a sketch's seeded directions (``raydal.scoring.sketch``); a rule
+without one is projected through the rule itself (slower, same result).
 """
 from __future__ import annotations
 
@@ -19,6 +21,12 @@ Terms = tuple[torch.Tensor, "torch.Tensor | None"]
 # rule(module, A, G, wanted) -> one Terms per parameter; wanted: {short parameter name: that
 # parameter's g_L slice, or None when no inner product is needed}
 Rule = Callable[[nn.Module, torch.Tensor, torch.Tensor, dict], Iterable[Terms]]
+# project(module, A, G, dirs) -> (B, dim): the sum over the parameters in dirs of their per-sample
+# gradients' projections on dim directions; dirs: {short parameter name: Directions}
+Project = Callable[[nn.Module, torch.Tensor, torch.Tensor, dict], torch.Tensor]
+# a parameter's dim directions d_j: (D (dim, *shape),) for a vector (or scalar), or the factors
+# (R (dim, shape[0]), S (dim, *shape[1:])) of rank-one directions d_j = r_j (x) s_j otherwise
+Directions = tuple[torch.Tensor, ...]
 
 
 @dataclass(frozen=True)
@@ -27,12 +35,14 @@ class RuleSpec:
     module whose INPUT is the layer's output (timm's norm+act modules apply dropout and the
     activation inside; G is taken there), None for the module's own output. applies(module):
     False sends a module to the fallback; it may raise ValueError for a module whose per-sample
-    gradients are undefined."""
+    gradients are undefined. project: the rule's own sketch contraction, or None (the sketch
+    projects through ``rule``)."""
 
     rule: Rule
     params: tuple[str, ...]
     tap: str | None
     applies: Callable[[nn.Module], bool] | None
+    project: Project | None = None
 
 
 _RULES: dict[type, RuleSpec] = {}
@@ -42,7 +52,8 @@ version = 0
 
 def register_rule(*module_types: type, params: tuple[str, ...] = ("weight", "bias"),
                   tap: str | None = None,
-                  applies: Callable[[nn.Module], bool] | None = None) -> Callable[[Rule], Rule]:
+                  applies: Callable[[nn.Module], bool] | None = None,
+                  project: Project | None = None) -> Callable[[Rule], Rule]:
     """Decorator registering ``rule(module, a, g, wanted)`` for the given module types.
 
     a: the module's input (B, ...); g: the gradient of the summed loss w.r.t. its output (B, ...)
@@ -58,6 +69,15 @@ def register_rule(*module_types: type, params: tuple[str, ...] = ("weight", "bia
         def my_scale(module, a, g, wanted):
             per_sample = (g * a * 2 * module.gain.view(1, -1, 1, 1)).sum((2, 3))  # (B, C)
             return [flat_terms(per_sample, wanted["gain"])]
+
+    The same rule serves every gradient strategy: dynamicAL and gradnorm through its terms,
+    dynamicAL_batch's gradient sketch through ``project(module, a, g, dirs)`` (float32 or float64
+    a and g; dirs: {name in params: ``Directions``}) returning the (B, dim) sum over dirs of
+    the per-sample gradients' projections <d_j, grad_u>; ``projection(per_sample, dirs[name])``
+    projects a per-sample gradient. Without ``project`` the sketch projects through the rule:
+    a returned ``Block`` is projected as it is, the other parameters' inner products are taken
+    with the dense directions (torch.func.vmap over them, a loop where vmap cannot run the rule):
+    exact, at the cost of dim inner products.
     """
     if not module_types or not all(isinstance(t, type) and issubclass(t, nn.Module)
                                    for t in module_types):
@@ -69,7 +89,7 @@ def register_rule(*module_types: type, params: tuple[str, ...] = ("weight", "bia
         global version
         version += 1
         for t in module_types:
-            _RULES[t] = RuleSpec(rule, tuple(params), tap, applies)
+            _RULES[t] = RuleSpec(rule, tuple(params), tap, applies, project)
         return rule
     return decorator
 
@@ -137,6 +157,17 @@ def dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(B, ...) x (B, ...) -> (B,) per-sample inner products (a mul and a sum: einsum would
     dispatch a permute, reshapes and a bmm); summed in float32 for half-precision inputs."""
     return torch.mul(x, y).sum(tuple(range(1, x.ndim)), dtype=acc(x)) if x.ndim > 1 else x * y
+
+
+def projection(per_sample: torch.Tensor, dirs: Directions) -> torch.Tensor:
+    """(B, *shape) per-sample gradients -> (B, dim) projections <d_j, grad_u> on ``Directions``
+    (rank-one: r_j . (G_u s_j), G_u viewed as (shape[0], rest); no dense direction is built)."""
+    b = per_sample.shape[0]
+    if len(dirs) == 1:
+        return per_sample.reshape(b, -1) @ dirs[0].reshape(dirs[0].shape[0], -1).T
+    r, s = dirs
+    t = per_sample.reshape(b, r.shape[1], -1) @ s.reshape(s.shape[0], -1).T  # (B, o, dim)
+    return (t * r.T).sum(1)
 
 
 def gram_norm(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
 import posixpath
 import shutil
 import tempfile
@@ -46,8 +47,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raydal.datasets import images_table
-from raydal.errors import PoolError
-from raydal.fs import Where, resolve
+from raydal.errors import PoolError, one_line
+from raydal.fs import Location, Where, resolve
 from raydal.storage import atomic_write, atomic_write_parquet
 
 #: Temporary pool folders made by this process (deleted by Pool.close or at exit).
@@ -69,12 +70,20 @@ class Pool:
     """
 
     def __init__(self, path: Where):
-        self.path = str(path)
+        self.path = str(where(path, "pool"))
         self.location = resolve(path)
         if not self.location.exists():
             raise PoolError(f"pool {self.path} does not exist")
         self._owned_dir: Path | None = None  # a temporary folder this process made and deletes
-        schema = self._dataset().schema
+        if self.location.is_dir() and not self.files:
+            raise PoolError(f"pool {self.path} is a folder without Parquet files (*.parquet); "
+                            "give a Parquet file or a folder of them")
+        try:
+            schema = self._dataset().schema
+        except (pa.ArrowException, OSError) as e:
+            raise PoolError(f"pool {self.path} is not Parquet ({one_line(str(e))[:300]}); give a "
+                            "Parquet file, or a folder of them, with columns id and image|path "
+                            "(Pool.from_numpy and Pool.from_image_folder build one)") from None
         names = schema.names
         if "id" not in names:
             raise PoolError(f"pool {self.path} has no 'id' column (columns: {names}); "
@@ -121,6 +130,9 @@ class Pool:
         return f"Pool({self.path!r}, rows={self.num_rows})"
 
     def _dataset(self) -> pads.Dataset:
+        if self.location.is_dir():  # its Parquet files only, as Ray Data reads a folder
+            return pads.dataset([f.path for f in self.files], filesystem=self.location.fs,
+                                format="parquet")
         return pads.dataset(self.location.path, filesystem=self.location.fs, format="parquet")
 
     @property
@@ -129,10 +141,12 @@ class Pool:
 
     @property
     def files(self) -> list[pafs.FileInfo]:
-        """The Parquet files of the pool (path, size, mtime_ns), sorted by path."""
+        """The Parquet files of the pool (path, size, mtime_ns), sorted by path: in a folder, the
+        files named *.parquet but not hidden (.name, _name), as Ray Data and pyarrow read it."""
         if not self.location.is_dir():
             return [self.location.info()]
-        return [f for f in self.location.files(recursive=True) if f.path.endswith(".parquet")]
+        return [f for f in self.location.files(recursive=True) if f.path.endswith(".parquet")
+                and not posixpath.basename(f.path).startswith((".", "_"))]
 
     @property
     def num_bytes(self) -> int:
@@ -233,7 +247,8 @@ class Pool:
         for batch in self.iter_batches(["id"]):
             col = batch.column(0)
             if col.null_count:
-                raise PoolError(f"pool {self.path} has {col.null_count} rows without an id")
+                raise PoolError(f"pool {self.path} has {col.null_count} rows without an id; "
+                                "give every row a unique id")
             for v in col.to_pylist():
                 v = str(v)
                 if v in seen:
@@ -268,7 +283,7 @@ class Pool:
         temporary folder that is deleted by ``close()``, at the end of a ``with`` block, or
         when this process exits."""
         images = np.asarray(images)
-        if images.dtype != np.uint8 or images.ndim not in (3, 4) or not len(images):
+        if images.dtype != np.uint8 or images.ndim not in (3, 4) or not images.size:
             raise PoolError(f"images must be a non-empty uint8 array of shape (N, H, W) or "
                             f"(N, H, W, C), got {images.dtype} {images.shape}"
                             + ("; convert with images.astype(np.uint8)" if images.dtype != np.uint8
@@ -280,11 +295,15 @@ class Pool:
                             f"in the last axis; expected 1, 3 or 4 (N, H, W, C){hint}")
         if ids is None:
             ids = [f"{i:08d}" for i in range(len(images))]
+        if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+            raise PoolError(f"ids must be a list of {len(images)} ids (one a row), got "
+                            f"{ids!r:.60} (a {type(ids).__name__})")
         ids = [str(i) for i in ids]
         if len(ids) != len(images):
             raise PoolError(f"{len(ids)} ids for {len(images)} images")
         if len(set(ids)) != len(ids):
             raise PoolError("ids must be unique")
+        check_output(path)
         owned = None if path else Path(tempfile.mkdtemp(prefix="raydal-pool-"))
         path = path or owned / "pool.parquet"
 
@@ -309,7 +328,10 @@ class Pool:
         ``close()``, at the end of a ``with`` block, or when this process exits. Class names
         of an ImageNet layout are available from ``labels_from_folder_names``.
         """
-        folder = resolve(folder)
+        folder = resolve(where(folder, "folder"))
+        if folder.exists() and not folder.is_dir():
+            raise PoolError(f"folder {folder} is a file; give the folder of the image files")
+        check_output(path)
         files = [f for f in folder.files(recursive=True)
                  if posixpath.splitext(f.path)[1].lower() in IMAGE_SUFFIXES]
         if not files:
@@ -323,6 +345,37 @@ class Pool:
             col = ("path", pa.array([str(folder / r) for r in rel], pa.string()))
         return cls(atomic_write_parquet(path, pa.table({"id": pa.array(rel, pa.string()),
                                                         col[0]: col[1]})))._own(owned)
+
+
+def where(value: Any, name: str) -> Where:
+    """``value`` if it names a location (a local path or a URI), else PoolError naming
+    ``name``."""
+    if isinstance(value, (str, os.PathLike, Location)):
+        return value
+    raise PoolError(f"{name} must be a local path or a URI (a str or pathlib.Path), got "
+                    f"{value!r:.60} (a {type(value).__name__})")
+
+
+def output_problem(path: Where) -> str | None:
+    """Why a file cannot be written at ``path``, or None: a folder is there, or (a local path) a
+    file is where one of its folders must be made."""
+    loc = resolve(path)
+    if loc.is_dir():
+        return "is a folder; give a file name in it, such as .../out.parquet"
+    if loc.is_local:
+        parent = next(p for p in loc.local_path.parents if p.exists())
+        if not parent.is_dir():
+            return f"cannot be made: {parent} is a file, not a folder"
+    return None
+
+
+def check_output(path: Where | None) -> None:
+    """PoolError for a ``path=`` of a pool builder that cannot be written (see
+    ``output_problem``); None (a temporary folder) passes."""
+    if path is not None:
+        problem = output_problem(where(path, "path"))
+        if problem:
+            raise PoolError(f"path={str(path)!r} {problem}")
 
 
 def labels_from_folder_names(pool: Pool) -> tuple[pa.Table, list[str]]:

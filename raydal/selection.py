@@ -35,23 +35,26 @@ sums the counts (``StreamingBalancedTopK``), then fills the quotas: exactly
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 import ray
 import torch
 
-from raydal.errors import ConfigError, SelectionError
+from raydal.errors import ConfigError, SelectionError, one_line
 from raydal.merge import (BALANCES, RunningClassTopK, RunningTopK, StreamingBalancedTopK,
                           StreamingTopK, class_counts)
-from raydal.models import ModelSpec, load_checkpoint, read_checkpoint_meta
+from raydal.fs import Location, resolve
+from raydal.models import ModelSpec, checkpoint_exists, load_checkpoint, read_checkpoint_meta
 from raydal.pool import Pool
 from raydal.resources import schedulable, selection_demand
 from raydal.scoring.base import Strategy, create_strategy
@@ -121,12 +124,83 @@ def model_source(model: torch.nn.Module | str | Path | None, input_spec: InputSp
             known = (f"its images are {shape[0]}x{shape[1]} with {shape[2]} channels"
                      if shape else "it does not record its images' shape (a pool from "
                      "Pool.from_numpy does)")
-            raise ValueError(f"input_spec is required when model is a module or None and the "
-                             f"pool gives none ({known}); pass input_spec=InputSpec(in_chans, "
-                             "img_size) or a checkpoint path")
+            raise ConfigError(f"input_spec is required when model is a module or None and the "
+                              f"pool gives none ({known}); pass input_spec=InputSpec(in_chans, "
+                              "img_size) or a checkpoint path")
+        if model is not None:
+            check_fits(model, input_spec)
         return ModelSource(module_ref=[ray.put(model)] if model is not None else None,
                            input_spec=input_spec)
+    if not isinstance(model, (str, os.PathLike, Location)):
+        raise ConfigError(f"model must be a raydal checkpoint folder (a path or URI), a "
+                          f"torch.nn.Module or None, got {type(model).__name__} {model!r:.60}")
+    spec = check_checkpoint(model)
+    if input_spec is not None and input_spec.in_chans != spec.in_chans:
+        raise ConfigError(f"input_spec has in_chans={input_spec.in_chans}, but checkpoint "
+                          f"{model} is a model of in_chans={spec.in_chans}; pass input_spec=None "
+                          "(a checkpoint keeps its own) or one of its channels")
     return ModelSource(checkpoint=str(model), input_spec=input_spec)
+
+
+def check_checkpoint(path: str | os.PathLike | Location, name: str = "model") -> ModelSpec:
+    """The ModelSpec of checkpoint folder ``path``; ConfigError naming ``name`` and the fix when
+    it is not a whole raydal checkpoint (no meta.json, a meta.json without a model spec, a
+    model.safetensors missing or cut short). Reads the meta and the weights' header only."""
+    fix = ("give a folder written by raydal.save_checkpoint, such as "
+           "RUN_DIR/checkpoints/round-0003")
+    if not checkpoint_exists(path):
+        raise ConfigError(f"{name} {path} is not a raydal checkpoint folder (no meta.json); {fix}")
+    try:
+        spec = ModelSpec.from_dict(read_checkpoint_meta(path)["spec"])
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ConfigError(f"{name} {path}: its meta.json holds no model spec "
+                          f"({type(e).__name__}: {e}); {fix}") from None
+    problem = _safetensors_problem(resolve(path) / "model.safetensors")
+    if problem:
+        raise ConfigError(f"{name} {path}: model.safetensors {problem}; {fix}")
+    return spec
+
+
+def _safetensors_problem(loc: Location) -> str | None:
+    """Why the safetensors file at ``loc`` is not whole, or None: from its size and header (an
+    8-byte length, JSON, each tensor's end offset); no tensor is read."""
+    try:
+        with loc.fs.open_input_file(loc.path) as f:
+            size = f.size()
+            n = int.from_bytes(f.read_at(8, 0), "little") if size >= 8 else -1
+            if not 0 < n <= size - 8:
+                return f"is not a safetensors file ({size} bytes, no header)"
+            header = json.loads(f.read_at(n, 8))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"),
+                  default=0)
+    except FileNotFoundError:
+        return "is missing"
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+        return f"is not a safetensors file ({type(e).__name__}: {e})"
+    if 8 + n + end > size:
+        return f"is cut short ({size} bytes; its header says {8 + n + end})"
+    return None
+
+
+def check_fits(model: torch.nn.Module, spec: InputSpec) -> None:
+    """ConfigError unless ``model`` runs (eval mode, no grad) on one blank image of ``spec``:
+    an input_spec of other channels or a size the model cannot take fails here, on the driver,
+    not in every scorer."""
+    param = next(model.parameters(), None)
+    x = torch.zeros(1, spec.in_chans, spec.img_size, spec.img_size,
+                    device=param.device if param is not None else "cpu")
+    modes = [(m, m.training) for m in model.modules()]  # restored as they were, module by module
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(f"input_spec={spec} does not fit the model: a blank {spec.in_chans} x "
+                          f"{spec.img_size} x {spec.img_size} image fails in its forward pass "
+                          f"({one_line(str(e))[:200]}); pass the InputSpec the model was built "
+                          "for") from None
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def _device(num_gpus: float) -> str:
@@ -433,7 +507,7 @@ def pipeline_for(pipeline: str, num_gpus_per_actor: float) -> str:
     kept processes start faster and the CPUs are shared by decoding and scoring anyway
     (benchmarks/pipeline_efficiency.py)."""
     if pipeline not in PIPELINES:
-        raise ValueError(f"pipeline must be one of {', '.join(map(repr, PIPELINES))}, got "
+        raise ConfigError(f"pipeline must be one of {', '.join(map(repr, PIPELINES))}, got "
                          f"{pipeline!r}")
     if pipeline == "auto":
         return "staged" if num_gpus_per_actor > 0 else "fused"
@@ -472,17 +546,17 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
     cannot fill goes to the best rows left of any class (``raydal.merge.balanced_top_k``, which
     the result equals exactly). Per-sample strategies only (ConfigError for a set-based one);
     needs a model, also for "random". ``Selection.classes`` holds each pick's predicted class.
-    SelectionError if no unlabeled image could be used.
+    SelectionError if no unlabeled image could be used; PoolError for a pool with null or
+    duplicate ids; ConfigError for an argument of the wrong type or value (``check_arguments``).
     Ray is started (or joined: RAY_ADDRESS, then the last ``ray start``) if this process has
     not done so (``raydal.connect``).
     """
     t0 = time.perf_counter()
-    if budget < 1:
-        raise ValueError(f"budget must be a positive int, got {budget}")
-    if num_actors < 1:
-        raise ValueError(f"num_actors must be a positive int, got {num_actors}")
-    if decode_tasks is not None and decode_tasks < 1:
-        raise ValueError(f"decode_tasks must be a positive int or None, got {decode_tasks}")
+    check_arguments(budget=budget, num_actors=num_actors, batch_size=batch_size,
+                    decode_tasks=decode_tasks, num_gpus_per_actor=num_gpus_per_actor,
+                    num_cpus_per_actor=num_cpus_per_actor, resource_wait_s=resource_wait_s,
+                    strategy=strategy, strategy_options=strategy_options, input_spec=input_spec)
+    labels = labeled_dict(labeled)
     pipeline = pipeline_for(pipeline, num_gpus_per_actor)
     check_balance(balance, strategy if isinstance(strategy, Strategy) else None)
     if not ray.is_initialized():  # ray.nodes() and ray.put would refuse; Ray Data would not
@@ -491,23 +565,26 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
     demand = selection_demand(num_actors, num_cpus_per_actor, num_gpus_per_actor, pipeline)
     with schedulable([demand], resource_wait_s):  # nodes an autoscaler adds stay until the end
         pool = pool if isinstance(pool, Pool) else Pool(pool)
+        pool.check_ids()  # a null or duplicate id would be picked as "None" or be ambiguous
+        # no more picks than rows: a budget beyond int64 would overflow the balanced quotas
+        k = min(budget, max(pool.num_rows, 1))
         if isinstance(strategy, str):
             strategy = create_strategy(strategy, **(strategy_options or {}))
             check_balance(balance, strategy)
-        labels = dict(labeled) if isinstance(labeled, Mapping) else {i: -1 for i in (labeled or [])}
         source = model_source(model, input_spec, pool)
         check_shared({"pool": pool.path, "model": source.checkpoint})  # many nodes, local paths
         if strategy.needs_model and source.checkpoint is None and source.module_ref is None:
-            raise ValueError(f"strategy {strategy.name!r} needs a model; pass model=")
+            raise ConfigError(f"strategy {strategy.name!r} needs a model; pass model= (a "
+                              "checkpoint or a module)")
         if balance != "none" and source.checkpoint is None and source.module_ref is None:
-            raise ValueError(f"balance={balance!r} predicts each candidate's class with the "
-                             "model; pass model= (a checkpoint or a module)")
+            raise ConfigError(f"balance={balance!r} predicts each candidate's class with the "
+                              "model; pass model= (a checkpoint or a module)")
 
         context_ref = ray.put(None)
         if strategy.needs_labeled:
             if not labels or any(v < 0 for v in labels.values()):
-                raise ValueError(f"strategy {strategy.name!r} needs the labels of the labeled set: "
-                                 "pass labeled={id: label, ...}")
+                raise ConfigError(f"strategy {strategy.name!r} needs the labels of the labeled "
+                                  "set: pass labeled={id: label, ...}")
             task = ray.remote(_prepare_context).options(num_gpus=num_gpus_per_actor,
                                                         num_cpus=num_cpus_per_actor)
             # not awaited here: the labeled-set pass runs while the first blocks are read (each
@@ -528,7 +605,7 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
             ds.context.target_max_block_size, max(256 << 10, pool.num_bytes // blocks)))
         labeled_ref = [ray.put(frozenset(labels))]
         job = ScoringJob(uuid.uuid4().hex, source, pool, strategy, [context_ref],
-                         labeled_ref if pipeline == "fused" else None, budget, batch_size,
+                         labeled_ref if pipeline == "fused" else None, k, batch_size,
                          num_gpus_per_actor, int(max(1, num_cpus_per_actor)), balance)
         if pipeline == "fused":
             # a block a call; Ray Data wants an explicit batch size for GPU tasks: about a
@@ -558,9 +635,9 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
 
         set_based = isinstance(strategy, SetStrategy)
         balanced = balance != "none"
-        merger = (StreamingCandidates(strategy, budget, ray.get(context_ref)) if set_based
-                  else StreamingBalancedTopK(budget, balance) if balanced
-                  else StreamingTopK(budget))
+        merger = (StreamingCandidates(strategy, k, ray.get(context_ref)) if set_based
+                  else StreamingBalancedTopK(k, balance) if balanced
+                  else StreamingTopK(k))
         skipped: list[tuple[str, str]] = []
         num_scored = 0
         startup: tuple[float, int] | None = None
@@ -599,6 +676,67 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
                          pipeline=pipeline, balance=balance,
                          classes=[int(c) for c in classes[0]] if classes else [],
                          class_counts=merger.counts.tolist() if balanced else [])
+
+
+def check_arguments(*, budget: Any, num_actors: Any, batch_size: Any, decode_tasks: Any,
+                    num_gpus_per_actor: Any, num_cpus_per_actor: Any, resource_wait_s: Any,
+                    strategy: Any, strategy_options: Any, input_spec: Any) -> None:
+    """ConfigError naming the first argument of ``select`` whose type or value cannot work."""
+    counts = {"budget": budget, "num_actors": num_actors, "batch_size": batch_size}
+    if decode_tasks is not None:
+        counts["decode_tasks"] = decode_tasks
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ConfigError(f"{name} must be a positive int"
+                              + (" or None" if name == "decode_tasks" else "")
+                              + f", got {value!r}" + _type_of(value))
+    for name, value in (("num_gpus_per_actor", num_gpus_per_actor),
+                        ("num_cpus_per_actor", num_cpus_per_actor),
+                        ("resource_wait_s", resource_wait_s)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
+                or not value >= 0:
+            raise ConfigError(f"{name} must be a number >= 0, got {value!r}" + _type_of(value))
+    if not isinstance(strategy, (str, Strategy)):
+        raise ConfigError(f"strategy must be a registered strategy's name (one of "
+                          f"raydal.list_strategies()) or a Strategy, got {strategy!r}"
+                          + _type_of(strategy))
+    if strategy_options is not None and not isinstance(strategy_options, Mapping):
+        raise ConfigError(f"strategy_options must be a dict of the strategy's options, got "
+                          f"{strategy_options!r}" + _type_of(strategy_options))
+    if input_spec is not None:
+        if not isinstance(input_spec, InputSpec):
+            raise ConfigError(f"input_spec must be a raydal.InputSpec(in_chans, img_size), got "
+                              f"{input_spec!r}" + _type_of(input_spec))
+        if input_spec.in_chans not in (1, 3) or isinstance(input_spec.img_size, bool) \
+                or not isinstance(input_spec.img_size, int) or input_spec.img_size < 1:
+            raise ConfigError(f"input_spec={input_spec}: in_chans must be 1 or 3 and img_size a "
+                              "positive int")
+
+
+def _type_of(value: Any) -> str:
+    """" (a str)" for a value whose type is not a number's, else ""."""
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+        return ""
+    return f" (a {type(value).__name__})"
+
+
+def labeled_dict(labeled: Mapping[str, int] | Iterable[str] | None) -> dict[str, int]:
+    """``select``'s ``labeled`` as {id (str): label}; ids alone get label -1. ConfigError for a
+    label that is not an int (a class index) and for a value that is neither a mapping nor a
+    collection of ids."""
+    if labeled is None:
+        return {}
+    if isinstance(labeled, Mapping):
+        for i, y in labeled.items():
+            if isinstance(y, bool) or not isinstance(y, (int, np.integer)):
+                raise ConfigError(f"labeled: id {i!r} has label {y!r}{_type_of(y)}; labels are "
+                                  "class indices (ints): pass labeled={id: int, ...}, or a list "
+                                  "of ids for a strategy that needs no labels")
+        return {str(i): int(y) for i, y in labeled.items()}
+    if isinstance(labeled, (str, bytes)) or not isinstance(labeled, Iterable):
+        raise ConfigError(f"labeled must be {{id: label, ...}}, a list of ids or None, got "
+                          f"{labeled!r:.60}{_type_of(labeled)}")
+    return {str(i): -1 for i in labeled}
 
 
 def check_balance(balance: str, strategy: Strategy | None) -> None:

@@ -19,7 +19,9 @@ def read_labeled(path: str | None) -> dict[str, int] | list[str]:
     A Parquet file without a ``label`` column gives ids only (enough for strategies that need
     no labels, e.g. entropy). None gives an empty set.
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
+    from raydal.errors import one_line
     from raydal.fs import resolve
     from raydal.labels import LabelError, LabelLog
     from raydal.storage import read_table
@@ -38,14 +40,24 @@ def read_labeled(path: str | None) -> dict[str, int] | list[str]:
     if not p.exists():
         raise LabelError(f"--labels {path} does not exist; give a run directory, its labels/ "
                          "folder or a Parquet file with columns id[, label]")
-    names = pq.read_schema(p.path, filesystem=p.fs).names
+    try:
+        schema = pq.read_schema(p.path, filesystem=p.fs)
+    except (pa.ArrowException, OSError) as e:
+        raise LabelError(f"--labels {path} is not a Parquet file ({one_line(str(e))[:200]}); give "
+                         "a run directory, its labels/ folder or a Parquet file with columns "
+                         "id[, label]") from None
+    names = schema.names
     if "id" not in names:
         raise LabelError(f"--labels {path} has no 'id' column (columns: {names})")
     if "label" not in names:
         return [str(i) for i in read_table(p, columns=["id"]).column("id").to_pylist()]
     t = read_table(p, columns=["id", "label"])
-    return {str(i): int(y) for i, y in zip(t.column("id").to_pylist(),
-                                           t.column("label").to_pylist())}
+    label = t.column("label")
+    if not pa.types.is_integer(label.type) or label.null_count:
+        raise LabelError(f"--labels {path}: column 'label' is {label.type} with "
+                         f"{label.null_count} nulls; labels are class indices: write it as "
+                         "integers, one for every id")
+    return {str(i): int(y) for i, y in zip(t.column("id").to_pylist(), label.to_pylist())}
 
 
 def strategy_options(text: str) -> dict[str, Any]:
@@ -102,8 +114,9 @@ def check_arguments(args: argparse.Namespace, labeled: dict[str, int] | list[str
     """The strategy the arguments ask for; ConfigError naming the flag and the fix for any
     argument that cannot work (checked before a cluster starts)."""
     from raydal.config import ConfigError
-    from raydal.models import checkpoint_exists
+    from raydal.pool import output_problem
     from raydal.scoring.base import create_strategy
+    from raydal.selection import check_checkpoint
 
     for flag, value in (("--budget", args.budget), ("--num-actors", args.num_actors),
                         ("--batch-size", args.batch_size)):
@@ -111,8 +124,11 @@ def check_arguments(args: argparse.Namespace, labeled: dict[str, int] | list[str
             raise ConfigError(f"{flag} must be a positive int, got {value}")
     for flag, value in (("--num-gpus-per-actor", args.num_gpus_per_actor),
                         ("--num-cpus-per-actor", args.num_cpus_per_actor)):
-        if value < 0:
+        if not value >= 0:
             raise ConfigError(f"{flag} must be >= 0, got {value:g}")
+    problem = output_problem(args.out)
+    if problem:
+        raise ConfigError(f"--out {args.out} {problem}")
     strategy = create_strategy(args.strategy, **strategy_options(args.strategy_options))
     balance = getattr(args, "balance", "none")
     if balance != "none":
@@ -127,9 +143,8 @@ def check_arguments(args: argparse.Namespace, labeled: dict[str, int] | list[str
     if strategy.needs_model and not args.checkpoint:
         raise ConfigError(f"--strategy {args.strategy} scores with a model: give --checkpoint "
                           "(a raydal checkpoint folder, e.g. RUN_DIR/checkpoints/round-0003)")
-    if args.checkpoint and not checkpoint_exists(args.checkpoint):
-        raise ConfigError(f"--checkpoint {args.checkpoint} is not a raydal checkpoint folder (no "
-                          "meta.json); give a folder such as RUN_DIR/checkpoints/round-0003")
+    if args.checkpoint:
+        check_checkpoint(args.checkpoint, "--checkpoint")
     if strategy.needs_labeled and not (isinstance(labeled, dict) and labeled):
         raise ConfigError(f"--strategy {args.strategy} with these options needs the labels of "
                           "the labeled set: give --labels (a run directory, its labels/ folder "

@@ -103,3 +103,63 @@ def test_cli_select_mistakes_start_no_ray(inputs, tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
         assert "Ray" not in done.stderr and time.monotonic() - t0 < 60
         assert not (tmp_path / "never.parquet").exists()
+
+
+def test_cli_select_broken_inputs_are_one_line(ray_cluster, inputs, tmp_path, capsys):
+    """Found by the fuzz pass (benchmarks/fuzz.py, select kind): a cut checkpoint failed in the
+    scorers, labels that are not Parquet or not ints and pools that are not Parquet escaped as
+    tracebacks, an --out that cannot be written failed only after the selection, and a pool
+    row without an id was picked as "None"."""
+    import shutil
+    import pyarrow as pa
+    tmp, pool, ckpt, _ = inputs
+    cut = tmp_path / "cut"
+    shutil.copytree(ckpt, cut)
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    (tmp_path / "labels.csv").write_text("id,label\n00000000,1\n")
+    pq.write_table(pa.table({"id": ["00000000"], "label": ["1"]}), tmp_path / "str.parquet")
+    pq.write_table(pa.table({"id": ["00000000", "00000001"], "label": [1, None]}),
+                   tmp_path / "null.parquet")
+    images = pq.read_table(pool.path).column("image").to_pylist()[:3]
+    pq.write_table(pa.table({"id": ["a", None, "b"], "image": images}), tmp_path / "no-id.parquet")
+    pq.write_table(pa.table({"id": ["a", "a", "b"], "image": images}), tmp_path / "dup.parquet")
+    (tmp_path / "text.parquet").write_text("id,image\n")
+    (tmp_path / "file").write_text("x")
+    before = sorted(tmp_path.rglob("*"))
+    for option, value, message in [
+        ("--checkpoint", cut, r"--checkpoint .*cut: model.safetensors is cut short"),
+        ("--labels", tmp_path / "labels.csv", r"--labels .*labels.csv is not a Parquet file"),
+        ("--labels", tmp_path / "str.parquet", "column 'label' is string with 0 nulls; labels "
+                                               "are class indices: write it as integers"),
+        ("--labels", tmp_path / "null.parquet", "column 'label' is int64 with 1 nulls"),
+        ("--pool", tmp_path / "no-id.parquet", "has 1 rows without an id; give every row"),
+        ("--pool", tmp_path / "dup.parquet", "has duplicate id 'a'; ids must be unique"),
+        ("--pool", tmp_path / "text.parquet", r"text.parquet is not Parquet \(.*\); give a "),
+        ("--out", tmp_path, r"--out .* is a folder; give a file name in it"),
+        ("--out", tmp_path / "file" / "o.parquet", r"cannot be made: .*file is a file, not a"),
+        ("--num-cpus-per-actor", "nan", "--num-cpus-per-actor must be >= 0, got nan"),
+    ]:
+        argv = args(tmp, pool, ckpt, tmp_path / "never.parquet")
+        if option in argv:
+            argv[argv.index(option) + 1] = str(value)
+        else:
+            argv += [option, str(value)]
+        assert main(["select", *argv]) == 2, option
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
+        assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_cli_select_a_budget_beyond_int64_picks_every_unlabeled_row(ray_cluster, inputs,
+                                                                   tmp_path, capsys):
+    """Found by the fuzz pass (select kind): with --balance, a budget beyond int64 overflowed
+    the per-class quotas (OverflowError); select caps its picks at the pool's rows."""
+    tmp, pool, ckpt, labeled = inputs
+    argv = args(tmp, pool, ckpt, tmp_path / "all.parquet")
+    argv[argv.index("--budget") + 1] = str(10 ** 23)
+    argv[argv.index("--strategy") + 1] = "entropy"
+    argv[argv.index("--strategy-options") + 1] = "{}"
+    assert main(["select", *argv, "--balance", "proportional"]) == 0, capsys.readouterr().err
+    picks = pq.read_table(tmp_path / "all.parquet").column("id").to_pylist()
+    assert len(picks) == len(set(picks)) == 110 and not set(picks) & set(labeled)

@@ -1,6 +1,6 @@
-"""A seeded sample of the fuzz pass (benchmarks/fuzz.py runs 240+ cases): configs, label files
-and pools each end in a clear error or correct behaviour, never a traceback, a hang or a
-partial write."""
+"""A seeded sample of the fuzz pass (benchmarks/fuzz.py runs 240+ cases): configs, label files,
+pools, `raydal select` argument lists and Python API calls each end in a clear error or correct
+behaviour, never a traceback, a hang or a partial write."""
 import importlib.util
 import sys
 from pathlib import Path
@@ -17,6 +17,7 @@ def test_seeded_fuzz_sample(ray_cluster, tmp_path):
     spec.loader.exec_module(fuzz)
     outcomes = fuzz.run_cases(fuzz.sample_kinds(30, seed=7), 7, tmp_path, limit_s=120)
     s = fuzz.summary(outcomes)
-    assert s["cases"] == 30 and min(s["per_kind"].values()) == 10
+    assert s["cases"] == 30 and s["per_kind"] == {k: 6 for k in fuzz.KINDS}
     assert s["failures"] == [], s["failures"]
-    assert s["ok"] and s["error"]  # both outcomes are exercised
+    for kind in ("select", "api"):  # both outcomes are exercised by the new kinds too
+        assert {o.result for o in outcomes if o.kind == kind} == {"ok", "error"}, kind

@@ -230,7 +230,7 @@ def test_worker_node_lost_mid_selection_gives_the_fault_free_picks(cluster, s3_d
     env = {**cluster.node_env(), "RAY_ADDRESS": cluster.address}
     proc = subprocess.Popen([sys.executable, "jobs/select_round.py", *common, "--progress",
                              "--out", str(faulty)], env=env, cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     err: list[str] = []
     scored = threading.Event()
 
@@ -243,14 +243,16 @@ def test_worker_node_lost_mid_selection_gives_the_fault_free_picks(cluster, s3_d
                 if re.search(r"scoring \(\w+\):.*?\|\s*[1-9]\d*/\d+", buf):
                     scored.set()
                 buf = ""
-    threading.Thread(target=follow, daemon=True).start()
+    reader = threading.Thread(target=follow, daemon=True)  # the only reader of stderr
+    reader.start()
     assert scored.wait(240), "".join(err)[-3000:]
     deadline = time.monotonic() + 60  # between blocks a scoring process is ray::IDLE
     while (victim := cluster.worker_running("score_block")) is None:
         assert time.monotonic() < deadline, "no worker node runs a scoring task"
         time.sleep(0.05)
     cluster.kill_worker(victim)
-    out, _ = proc.communicate(timeout=300)
+    proc.wait(timeout=300)
+    reader.join(timeout=30)
     _replace_lost_worker(cluster, victim)
     assert proc.returncode == 0, "".join(err)[-3000:]
     assert read_table(faulty).equals(read_table(clean))

@@ -30,6 +30,8 @@ def test_shipped_regimes_load(aq, path):
         ran = json.loads((BENCH / "results" / f"al_quality_{base.name}.json").read_text())
         assert not {x["seed"] for x in ran["runs"]} & set(range(r.first_seed,
                                                                r.first_seed + r.seeds))
+    elif any("@" in s for s in r.strategies):  # a balance screen: each variant with its base
+        assert {s.split("@")[0] for s in r.strategies} <= set(r.strategies)
     else:
         assert "entropy" in r.strategies
     q = aq.quick(r)

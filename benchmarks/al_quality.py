@@ -679,16 +679,20 @@ def report(result: dict) -> str:
     labels = [c["labels"] for c in next(iter(by[names[0]].values()))["curve"]]
     target = mean_curve["random"][-1] if "random" in mean_curve else None
     base_n = labels_to_reach(labels, mean_curve["random"], target) if target else None
+    balanced = any("@" in name for name in names)
     rows = []
     for name in names:
         aucs, finals = [area(x) for x in by[name].values()], [final(x) for x in by[name].values()]
         need = labels_to_reach(labels, mean_curve[name], target) if target else None
         saved = (f"{need / base_n:.0%} ({need:.0f})" if need is not None else
                  f"not reached (> {labels[-1]})") if base_n else ""
+        base = split_balance(name)[0]  # a balanced query against its unbalanced form
+        own = (f" {paired(name, base, area)} | {paired(name, base, final)} |"
+               if balanced else "")
         rows.append((np.mean(aucs), f"| {name} | {len(aucs)} | {'%.2f ± %.2f' % mean_sd(aucs)} | "
                      f"{'%.2f ± %.2f' % mean_sd(finals)} | {paired(name, 'random', area)} | "
                      f"{paired(name, 'entropy', area)} | {paired(name, 'random', final)} | "
-                     f"{paired(name, 'entropy', final)} | {saved} |"))
+                     f"{paired(name, 'entropy', final)} |{own} {saved} |"))
     t = {**dataclasses.asdict(Training()), **r["training"]}
     head = (f"**{r['name']}**: {r['dataset']}, pool {r['pool_size'] or 'all'}, test "
             f"{r['test_size'] or 'all'}, {r['initial']} + {r['rounds']} x {r['query']} labels, "
@@ -702,7 +706,9 @@ def report(result: dict) -> str:
             f"({target:.2f}%) as a share of random's.\n\n" if target else "\n\n")
     table = ("| strategy | seeds | AUC (mean acc %) | final acc % | Δ AUC vs random | "
              "Δ AUC vs entropy | Δ final vs random | Δ final vs entropy | "
-             "labels to reach random's final |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+             + ("Δ AUC vs unbalanced | Δ final vs unbalanced | " if balanced else "")
+             + "labels to reach random's final |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+             + ("---:|---:|" if balanced else "") + "---:|\n")
     table += "\n".join(row for _, row in sorted(rows, key=lambda t: -t[0]))
     conv = [(p["epochs"], p["train_accuracy"]) for x in result["runs"] for p in x["curve"]]
     steps = [p["steps"] for x in result["runs"] for p in x["curve"] if "steps" in p]

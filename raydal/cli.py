@@ -130,12 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread so that it unwinds like Ctrl-C (locks released)."""
-
-
-def _raise_terminated(signum, frame) -> None:
-    raise Terminated()
+def entry() -> None:
+    """The ``raydal`` command (console script and ``python -m raydal.cli``)."""
+    from raydal import stop
+    argv = sys.argv[1:]
+    stop.install(argv[0] if argv and not argv[0].startswith("-") else "")
+    stop.end(main(argv))
 
 
 def user_error(e: BaseException) -> BaseException | None:
@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    from raydal.stop import Terminated, raise_terminated, stopped_by
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         try:
             rc = args.fn(args)
@@ -175,10 +176,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             raise Terminated() from None
     except KeyboardInterrupt as e:
-        name = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted (Ctrl-C)"
-        print(f"raydal {args.command} {name}: every record on disk is whole; run the same "
-              "command again to continue where it stopped", file=sys.stderr)
-        return 143 if isinstance(e, Terminated) else 130
+        from raydal.stop import say_stopped
+        signum = stopped_by(e)
+        say_stopped(args.command, signum)
+        return 128 + signum
     except Exception as e:
         err = user_error(e)
         if err is None:
@@ -190,4 +191,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

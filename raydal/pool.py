@@ -34,6 +34,7 @@ import atexit
 import json
 import os
 import posixpath
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -54,6 +55,34 @@ from raydal.storage import atomic_write, atomic_write_parquet
 #: Temporary pool folders made by this process (deleted by Pool.close or at exit).
 _OWNED: set[Path] = set()
 atexit.register(lambda: [shutil.rmtree(d, ignore_errors=True) for d in list(_OWNED)])
+#: A temporary pool folder's name: its process's pid and start time (ms), then mkdtemp's part.
+_TEMP_NAME = re.compile(r"raydal-pool-(\d+)-(\d+)-[A-Za-z0-9_]+")
+
+
+def _started_ms(pid: int) -> int | None:
+    """When process ``pid`` started (ms since the epoch), or None if no such process runs."""
+    import psutil
+    try:
+        return int(psutil.Process(pid).create_time() * 1000)
+    except psutil.Error:
+        return None
+
+
+def _temporary_folder() -> Path:
+    """A new temporary pool folder named by this process, after deleting those whose process
+    is gone (killed before its atexit ran: SIGTERM, SIGKILL). A folder is deleted only if its
+    name is ours, it belongs to this user, and no process runs with its pid and start time."""
+    root = Path(tempfile.gettempdir())
+    for d in root.glob("raydal-pool-*"):
+        m = _TEMP_NAME.fullmatch(d.name)
+        try:
+            mine = m and d.is_dir() and not d.is_symlink() and d.stat().st_uid == os.getuid()
+        except OSError:
+            continue
+        if mine and _started_ms(int(m[1])) != int(m[2]):
+            shutil.rmtree(d, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"raydal-pool-{os.getpid()}-{_started_ms(os.getpid())}-",
+                                 dir=root))
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 #: Parquet schema metadata of a pool built from an array: JSON [height, width, channels].
@@ -304,7 +333,7 @@ class Pool:
         if len(set(ids)) != len(ids):
             raise PoolError("ids must be unique")
         check_output(path)
-        owned = None if path else Path(tempfile.mkdtemp(prefix="raydal-pool-"))
+        owned = None if path else _temporary_folder()
         path = path or owned / "pool.parquet"
 
         shape = list(images.shape[1:3]) + [images.shape[3] if images.ndim == 4 else 1]
@@ -336,7 +365,7 @@ class Pool:
                  if posixpath.splitext(f.path)[1].lower() in IMAGE_SUFFIXES]
         if not files:
             raise PoolError(f"no image files ({sorted(IMAGE_SUFFIXES)}) under {folder}")
-        owned = None if path else Path(tempfile.mkdtemp(prefix="raydal-pool-"))
+        owned = None if path else _temporary_folder()
         path = path or owned / "pool.parquet"
         rel = [posixpath.relpath(f.path, folder.path) for f in files]
         if store_bytes:

@@ -49,6 +49,37 @@ def test_temporary_pools_are_removed_and_chosen_paths_kept(random_images, tmp_pa
     assert out.stdout.strip().endswith("pool.parquet") and not Path(out.stdout.strip()).exists()
 
 
+def test_temporary_pools_of_killed_processes_are_swept_and_nothing_else(random_images):
+    """A process SIGKILLed (or SIGTERMed) never runs its atexit: its temporary pool is removed
+    by the next one made, and only pools whose process is provably gone are."""
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+    script = ("import os, signal, numpy as np; from raydal.pool import Pool; "
+              "print(Pool.from_numpy(np.zeros((2, 8, 8), np.uint8)).path, flush=True); "
+              "os.kill(os.getpid(), signal.SIGKILL)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    left = Path(out.stdout.strip()).parent
+    assert out.returncode == -9 and left.is_dir()  # the leak
+    from raydal.pool import _started_ms
+    root = Path(tempfile.gettempdir())
+    running = Path(tempfile.mkdtemp(  # this process's own name: it runs, kept
+        prefix=f"raydal-pool-{os.getpid()}-{_started_ms(os.getpid())}-", dir=root))
+    reused = Path(tempfile.mkdtemp(prefix="raydal-pool-1-0-", dir=root))  # pid 1, not its start
+    other = root / f"raydal-pool-{os.getpid()}-x"  # not a name raydal makes: kept
+    other.mkdir()
+    try:
+        with Pool.from_numpy(random_images(2, size=8)) as pool:
+            assert pool.location.local_path.exists()
+        assert not left.exists() and not reused.exists()
+        assert running.exists() and other.exists()
+    finally:
+        for d in (left, running, reused, other):
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def test_a_pool_that_is_not_parquet_is_named(tmp_path):
     """Found by the fuzz pass (api kind): pyarrow's ArrowInvalid and Python's TypeError escaped."""
     for bad in (3, None, ["a"]):

@@ -78,18 +78,19 @@ class ActiveLoop:
             self._check_resume_config()
             self._check_labels_intact()
             self._check_services_reachable()
-            connect(self.config.ray.address, num_cpus=self.config.ray.num_cpus,
-                    log_to_driver=self.config.ray.log_to_driver)
-            self._check_shared()
-            self._check_resources()
+            # the user's inputs, before Ray starts (pyarrow and torch on the driver only)
             data = self._prepare_data()
-            from raydal.train import check_test_labels  # a label column scan: before any buying
+            from raydal.train import check_test_labels  # a label column scan
             check_test_labels(Pool(data.test), data.num_classes)
             self._check_model(data.num_classes)
             self._check_pool_lasts(data.pool)
             cfg = self.config
             oracle = create_oracle(cfg, data.truth)
             oracle.check(data.pool, data.num_classes)  # e.g. a truth file that lacks pool ids
+            connect(self.config.ray.address, num_cpus=self.config.ray.num_cpus,
+                    log_to_driver=self.config.ray.log_to_driver)
+            self._check_shared()  # the cluster's view of the paths and its resources
+            self._check_resources()
             self.tracking = self._open_tracking()
             try:
                 if not self._select_and_label(0, data, None, oracle):

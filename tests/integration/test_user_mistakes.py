@@ -194,6 +194,33 @@ def test_a_loop_longer_than_the_pool_is_refused_with_the_rounds_it_allows(ray_cl
     assert not (tmp_path / "run").exists()
 
 
+def test_the_users_inputs_are_checked_before_ray_starts(data, tmp_path):
+    """With a Ray address where nothing answers, each input mistake still gets its own line:
+    the truth file, the model (freeze), the loop's length and the test set are checked before
+    raydal connects to Ray (the address error would come first otherwise)."""
+    ids = pq.read_table(data / "truth.parquet").column("id").to_pylist()
+    cases = {
+        "data.truth": {"data": {"truth": _truth(data, "t-early.parquet", ids[:30],
+                                                 [i % 3 for i in range(30)])},
+                       "loop": {"oracle": "simulated"}},
+        "model.freeze": {"model": {"freeze": ["no_such_layer"]}},
+        "loop.rounds": {"loop": {"rounds": 11}},
+        "data.num_classes": {"data": {"num_classes": 2}},  # test labels reach class 2
+    }
+    for field, sections in cases.items():
+        cfg = config(data, tmp_path / field, ray={"address": "127.0.0.1:9"}, **sections)
+        path = tmp_path / f"{field}.yaml"
+        path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, "-m", "raydal.cli", "run", str(path)],
+                             capture_output=True, text=True, timeout=120)
+        err = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and err[-1].startswith("error: ") and field in err[-1], (
+            field, out.stderr[-2000:])
+        assert "Ray" not in err[-1] and time.perf_counter() - t0 < 15, (field, err[-1])
+        assert not (tmp_path / field).exists()  # a fresh run directory leaves nothing
+
+
 @pytest.mark.parametrize("service", ["mlflow", "labelstudio"])
 def test_an_unreachable_service_fails_the_start_in_seconds(data, tmp_path, monkeypatch, service):
     """An MLflow or Label Studio server on a refused port or one that accepts but never

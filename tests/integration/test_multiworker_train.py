@@ -29,13 +29,14 @@ def test_train_round_with_two_workers(ray_cluster, fashion_mnist, tmp_path):
     ids = sorted(i for chunk in pool.iter_ids() for i in chunk)[:200]
     labels = SimulatedOracle(fashion_mnist / "truth.parquet").label(ids)
     spec = ModelSpec(name="test_resnet", num_classes=10, in_chans=1, img_size=32)
-    settings = TrainSettings(epochs=1, batch_size=32, num_workers=2, cpus_per_worker=0.5, seed=0)
+    settings = TrainSettings(epochs=8, batch_size=32, num_workers=2, cpus_per_worker=0.5, seed=0)
 
     out = tmp_path / "checkpoints" / "round-0000"
     metrics = train_round(spec, pool, labels, test.path, settings, out, None,
                           tmp_path / "ray_train", progress=False)
 
-    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    # it learns: 10 classes (chance 0.1); measured 0.38 on this seed (200 labels, 8 epochs)
+    assert metrics["test_accuracy"] >= 0.25, metrics
     assert metrics["test_count"] == 301  # rank 0 evaluates every test row exactly once
     assert math.isfinite(metrics["train_loss"])
     assert out.is_dir() and (out / "model.safetensors").exists()

@@ -8,13 +8,28 @@ Higher scores are picked first.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Iterable
+import functools
+import inspect
+import math
+import typing
+from typing import Annotated, Any, ClassVar, Iterable, Literal
 
 import torch
 
-from raydal.errors import suggest
+from raydal.errors import ConfigError, suggest
 
 _REGISTRY: dict[str, type["Strategy"]] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class AtLeast:
+    """Marks a numeric option that must be >= ``bound``: ``Annotated[int, AtLeast(1)]``."""
+
+    bound: int
+
+
+PositiveInt = Annotated[int, AtLeast(1)]
+NonNegative = Annotated[float, AtLeast(0)]
 
 
 class Strategy:
@@ -23,6 +38,21 @@ class Strategy:
     name: ClassVar[str]
     needs_model: ClassVar[bool] = True
     needs_labeled: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        """Check every option against its annotation (``option_problem``) when the dataclass is
+        built; a subclass with its own ``__post_init__`` calls ``super().__post_init__()``."""
+        hints = _option_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            what = option_problem(value, hints.get(f.name))
+            if what is not None:
+                note = " (not finite)" if isinstance(value, float) and not math.isfinite(value) \
+                    else ""
+                default = "" if f.default is dataclasses.MISSING else \
+                    f"; the default is {f.default!r}"
+                raise ConfigError(f"strategy {getattr(self, 'name', type(self).__name__)!r}: "
+                                  f"{f.name} must be {what}, got {value!r}{note}{default}")
 
     def prepare(self, model: torch.nn.Module | None,
                 labeled: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Any:
@@ -66,11 +96,57 @@ def predicted_classes(model: torch.nn.Module | None, x: torch.Tensor) -> torch.T
     return model(x.to(device)).argmax(dim=1).cpu().to(torch.int64)
 
 
+@functools.cache
+def _option_hints(cls: type) -> dict[str, Any]:
+    """``cls``'s resolved annotations, ``Annotated`` kept; {} when one names a type its module
+    cannot resolve (a user's import under ``TYPE_CHECKING``): its options are then not checked."""
+    try:
+        return typing.get_type_hints(cls, include_extras=True)
+    except NameError:
+        return {}
+
+
+def option_problem(value: Any, hint: Any) -> str | None:
+    """What an option annotated ``hint`` must be, when ``value`` does not fit it; else None.
+
+    Checked: bool, int, float (finite; an int is accepted), str and Literal choices, optionally
+    ``Annotated`` with ``AtLeast``; other annotations (a user's own types) are not checked."""
+    bound = None
+    if typing.get_origin(hint) is Annotated:
+        hint, *extras = typing.get_args(hint)
+        bound = next((e.bound for e in extras if isinstance(e, AtLeast)), None)
+    if typing.get_origin(hint) is Literal:
+        choices = list(typing.get_args(hint))
+        fits = any(type(value) is type(c) and value == c for c in choices)
+        return None if fits else f"one of {choices}"
+    if hint is bool or hint is str:
+        return None if isinstance(value, hint) else f"a {hint.__name__}"
+    if hint is not int and hint is not float:
+        return None
+    ok = (isinstance(value, int if hint is int else (int, float)) and not isinstance(value, bool)
+          and not (isinstance(value, float) and not math.isfinite(value))
+          and (bound is None or value >= bound))
+    if ok:
+        return None
+    if hint is int and bound == 1:
+        return "a positive int"
+    return ("an int" if hint is int else "a float") + (f" >= {bound}" if bound is not None else "")
+
+
 def register_strategy(cls: type[Strategy]) -> type[Strategy]:
-    """Class decorator: make ``cls`` available to ``create_strategy(cls.name)``."""
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"strategy {cls.name!r} is already registered by {_REGISTRY[cls.name]}")
-    _REGISTRY[cls.name] = cls
+    """Class decorator: make ``cls`` (a Strategy subclass with a ``name``) available to
+    ``create_strategy(cls.name)``; ConfigError for anything else or a name taken by another."""
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        raise ConfigError(f"register_strategy takes a subclass of raydal.scoring.Strategy (a "
+                          f"dataclass whose fields are its options), got {cls!r:.80}, of type "
+                          f"{type(cls).__name__}")
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"strategy class {cls.__qualname__} has no name: set "
+                          "name: ClassVar[str] = 'my_strategy' in its body")
+    if name in _REGISTRY and _REGISTRY[name] is not cls:
+        raise ConfigError(f"strategy {name!r} is already registered by {_REGISTRY[name]}")
+    _REGISTRY[name] = cls
     return cls
 
 
@@ -79,19 +155,31 @@ def list_strategies() -> list[str]:
 
 
 def create_strategy(name: str, **options: Any) -> Strategy:
-    """Build a registered strategy; unknown names, unknown options and invalid option values
-    raise ConfigError (a ValueError) with a hint."""
-    from raydal.errors import ConfigError
+    """Build a registered strategy; a name that is not a registered one, options its
+    constructor does not take and invalid option values raise ConfigError (a ValueError) with a
+    hint."""
+    if not isinstance(name, str):
+        raise ConfigError(f"strategy must be a registered strategy's name (a str), one of "
+                          f"{list_strategies()}; got {name!r:.80}, of type {type(name).__name__}")
     if name not in _REGISTRY:
         raise ConfigError(f"unknown strategy {name!r}; expected one of {list_strategies()}."
                          + suggest(name, list_strategies()))
     cls = _REGISTRY[name]
-    fields = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
-    for key in options:
-        if key not in fields:
-            raise ConfigError(f"strategy {name!r} has no option {key!r}; its options are "
-                              f"{fields}." + suggest(key, fields))
+    signature = inspect.signature(cls)
+    params = signature.parameters.values()
+    accepted = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        for key in options:
+            if key not in accepted:
+                raise ConfigError(f"strategy {name!r} has no option {key!r}; its options are "
+                                  f"{accepted}." + suggest(key, accepted))
+    try:
+        signature.bind(**options)
+    except TypeError as e:  # a required option not given
+        raise ConfigError(f"strategy {name!r}: {e}; its options are {accepted}") from None
     try:
         return cls(**options)
+    except ConfigError:
+        raise
     except ValueError as e:  # the strategy's own check of a value
         raise ConfigError(f"strategy {name!r}: {e}") from None

@@ -23,12 +23,12 @@ whatever its diversity.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
 
-from raydal.scoring.base import register_strategy
+from raydal.scoring.base import NonNegative, PositiveInt, register_strategy
 from raydal.scoring.diversity import SetStrategy
 from raydal.scoring.dynamical import DynamicAL
 from raydal.scoring.sketch import gradient_sketch
@@ -66,26 +66,19 @@ class DynamicALBatch(SetStrategy):
     budget)."""
 
     name: ClassVar[str] = "dynamicAL_batch"
-    ip_weight: float = 2.0
-    params: str = "all"
-    gradient_reduction: str = "sum"
-    diversity: float = 1.0
-    chunk: int = 1
-    sketch_dim: int = 128
+    ip_weight: NonNegative = 2.0
+    params: Literal["all", "head"] = "all"
+    gradient_reduction: Literal["sum", "mean"] = "sum"
+    diversity: NonNegative = 1.0
+    chunk: PositiveInt = 1
+    sketch_dim: PositiveInt = 128
     seed: int = 0
-    oversample: int = 3
+    oversample: PositiveInt = 3
 
     def __post_init__(self):
         super().__post_init__()
         self._score = DynamicAL(ip_weight=self.ip_weight, params=self.params,
                                 gradient_reduction=self.gradient_reduction)
-        for option in ("chunk", "sketch_dim"):
-            value = getattr(self, option)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{option} must be a positive int, got {value!r}")
-        if isinstance(self.diversity, bool) or not isinstance(self.diversity, (int, float)) \
-                or not self.diversity >= 0:
-            raise ValueError(f"diversity must be a float >= 0, got {self.diversity!r}")
 
     @property
     def needs_labeled(self) -> bool:

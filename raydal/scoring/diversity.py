@@ -36,7 +36,7 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 import torch
 
-from raydal.scoring.base import Strategy, register_strategy
+from raydal.scoring.base import PositiveInt, Strategy, register_strategy
 from raydal.scoring.uncertainty import hash_uniform
 
 Gram = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (N, D), (M, D) float64 -> (N, M)
@@ -168,12 +168,7 @@ class SetStrategy(Strategy):
     and ``_greedy(ids, feats, k, context) -> row indices`` on rows sorted by id.
     oversample: candidates kept per batch / driver reduction, as a multiple of the budget."""
 
-    oversample: int = 2
-
-    def __post_init__(self):
-        if isinstance(self.oversample, bool) or not isinstance(self.oversample, int) \
-                or self.oversample < 1:
-            raise ValueError(f"oversample must be a positive int, got {self.oversample!r}")
+    oversample: PositiveInt = 2
 
     def embed(self, model: torch.nn.Module, x: torch.Tensor, ids: list[str],
               context: Any) -> np.ndarray:
@@ -227,7 +222,7 @@ class Coreset(SetStrategy):
 
     name: ClassVar[str] = "coreset"
     needs_labeled: ClassVar[bool] = True
-    max_labeled: int = 10_000
+    max_labeled: PositiveInt = 10_000
 
     def prepare(self, model, labeled) -> np.ndarray:
         """(L, d) float32 embeddings of the first ``max_labeled`` labeled samples."""

@@ -17,11 +17,11 @@ picks' scores. Which one selects better is measured, not assumed (docs/quality.m
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 
-from raydal.scoring.base import Strategy, register_strategy
+from raydal.scoring.base import NonNegative, PositiveInt, Strategy, register_strategy
 from raydal.scoring.grads import dynamical_scores, labeled_gradient
 from raydal.scoring.grads.common import warn_once
 
@@ -39,30 +39,14 @@ class DynamicAL(Strategy):
     overhead a call; GPU only, ignored with a warning on a CPU)."""
 
     name: ClassVar[str] = "dynamicAL"
-    ip_weight: float = 2.0
-    params: str = "all"
-    method: str = "fast"
-    gradient_reduction: str = "sum"
-    chunk_size: int = 32
+    ip_weight: NonNegative = 2.0
+    params: Literal["all", "head"] = "all"
+    method: Literal["fast", "vmap"] = "fast"
+    gradient_reduction: Literal["sum", "mean"] = "sum"
+    chunk_size: PositiveInt = 32
     mixed_precision: bool = False
     cuda_graph: bool = False
     tf32: bool = False
-
-    def __post_init__(self):
-        if isinstance(self.ip_weight, bool) or not isinstance(self.ip_weight, (int, float)) \
-                or not self.ip_weight >= 0:
-            raise ValueError(f"ip_weight must be a float >= 0, got {self.ip_weight!r}")
-        for option, choices in (("params", ("all", "head")), ("method", ("fast", "vmap")),
-                                ("gradient_reduction", ("sum", "mean"))):
-            if getattr(self, option) not in choices:
-                raise ValueError(f"{option} must be one of {list(choices)}, "
-                                 f"got {getattr(self, option)!r}")
-        if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) \
-                or self.chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive int, got {self.chunk_size!r}")
-        for option in ("mixed_precision", "cuda_graph", "tf32"):
-            if not isinstance(getattr(self, option), bool):
-                raise ValueError(f"{option} must be a bool, got {getattr(self, option)!r}")
 
     @property
     def needs_labeled(self) -> bool:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from raydal.scoring.base import Strategy, register_strategy
+from raydal.scoring.base import PositiveInt, Strategy, register_strategy
 
 
 @torch.no_grad()
@@ -57,7 +57,7 @@ class Random(Strategy):
 
 @dataclass
 class _ProbabilityStrategy(Strategy):
-    batch_size: int = 256
+    batch_size: PositiveInt = 256
 
     def score(self, model, x, ids, context):
         return self.from_proba(predict_proba(model, x, self.batch_size)).cpu()

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import asdict, dataclass, field
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load, load_file, save_file
 
-from raydal.errors import ConfigError
+from raydal.errors import ConfigError, suggest
 from raydal.fs import Location, Where, resolve
 from raydal.storage import atomic_write_folder
 from raydal.transforms import InputSpec
@@ -37,6 +40,29 @@ class ModelSpec:
     channel_mismatch: str = "convert"
     pretrained_file: str | None = None  # local timm/safetensors weights, read by timm itself
     freeze: str | tuple[str, ...] = "none"  # "none", "backbone" or parameter-name prefixes
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "ModelSpec":
+        """ConfigError for a field name ModelSpec does not have (before ``__init__``'s
+        TypeError) or more positional values than fields."""
+        names = [f.name for f in fields(cls)]
+        for key in kwargs:
+            if key not in names:
+                raise ConfigError(f"ModelSpec has no field {key!r}; its fields are {names}."
+                                  + suggest(key, names))
+        if len(args) > len(names):
+            raise ConfigError(f"ModelSpec takes at most {len(names)} values ({names}), got "
+                              f"{len(args)} positional ones")
+        return super().__new__(cls)
+
+    def __post_init__(self) -> None:
+        """ConfigError ``model.<field> must be ..., got ...`` for the first field whose type or
+        value cannot build a model (whether ``name`` is a timm model is ``create_model``'s)."""
+        problem = _spec_problem(self)
+        if problem:
+            name, what = problem
+            value = getattr(self, name)
+            raise ConfigError(f"model.{name} must be {what}, got {value!r:.200}, of type "
+                              f"{type(value).__name__}")
 
     @property
     def input_spec(self) -> InputSpec:
@@ -59,6 +85,45 @@ class ModelSpec:
         return cls(**d)  # a checkpoint older than a field gets the field's default
 
 
+def _spec_problem(spec: ModelSpec) -> tuple[str, str] | None:
+    """(field, what it must be) for the first field of ``spec`` that does not fit, or None."""
+    def positive_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    def per_channel(v: Any, positive: bool) -> bool:
+        if not isinstance(v, (tuple, list)) or not v:
+            return False
+        counted = len(v) == 1 or not positive_int(spec.in_chans) or len(v) >= spec.in_chans
+        return counted and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                               and math.isfinite(x) and (x > 0 or not positive) for x in v)
+
+    freeze = spec.freeze
+    checks = [
+        ("name", isinstance(spec.name, str) and spec.name != "",
+         "a timm model name (a non-empty str) such as 'resnet18'"),
+        ("num_classes", positive_int(spec.num_classes), "a positive int"),
+        ("in_chans", positive_int(spec.in_chans), "a positive int"),
+        ("img_size", positive_int(spec.img_size), "a positive int"),
+        ("mean", per_channel(spec.mean, False),
+         "a tuple of finite numbers, one or one per input channel (in_chans)"),
+        ("std", per_channel(spec.std, True),
+         "a tuple of finite numbers > 0, one or one per input channel (in_chans)"),
+        ("kwargs", isinstance(spec.kwargs, Mapping)
+         and all(isinstance(k, str) for k in spec.kwargs),
+         "a dict of timm.create_model keyword arguments (str keys)"),
+        ("channel_mismatch", spec.channel_mismatch in ("convert", "skip"), "'convert' or 'skip'"),
+        ("pretrained_file", spec.pretrained_file is None
+         or isinstance(spec.pretrained_file, (str, os.PathLike)),
+         "a local weight file's path or None"),
+        ("freeze", freeze in ("none", "backbone") if isinstance(freeze, str) else
+         isinstance(freeze, (tuple, list)) and len(freeze) > 0
+         and all(isinstance(p, str) and p for p in freeze),
+         "'none', 'backbone' or a non-empty tuple of parameter-name prefixes such as "
+         "('conv1', 'layer1')"),
+    ]
+    return next(((name, what) for name, ok, what in checks if not ok), None)
+
+
 def create_model(spec: ModelSpec, seed: int | None = None, pretrained: bool = True
                  ) -> torch.nn.Module:
     """The timm model of ``spec`` with its frozen parameters marked (``requires_grad=False``).
@@ -70,6 +135,15 @@ def create_model(spec: ModelSpec, seed: int | None = None, pretrained: bool = Tr
     replace them anyway.
     """
     import timm  # here, not at the top: scoring actors of plain torch modules never need it
+    if not isinstance(spec, ModelSpec):
+        raise ConfigError(f"create_model takes a raydal.ModelSpec, got {spec!r:.80}, of type "
+                          f"{type(spec).__name__}; e.g. create_model(ModelSpec(name='resnet18', "
+                          "num_classes=10))")
+    if not timm.is_model(spec.name):
+        raise ConfigError(f"model.name: unknown timm model {spec.name!r}; see "
+                          "timm.list_models()." + suggest(spec.name, timm.list_models()))
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ConfigError(f"create_model: seed must be an int or None, got {seed!r:.80}")
     if seed is not None:
         torch.manual_seed(seed)
     use_file = bool(pretrained and spec.pretrained_file)
@@ -238,7 +312,19 @@ def load_weights(path: Where, device: str | torch.device = "cpu") -> dict[str, t
 
 def load_checkpoint(path: Where, device: str | torch.device = "cpu"
                     ) -> tuple[torch.nn.Module, ModelSpec]:
-    """Rebuild the model of a checkpoint folder and load its safetensors weights."""
+    """Rebuild the model of a checkpoint folder and load its safetensors weights; ConfigError
+    when ``path`` is not a path or holds no raydal checkpoint."""
+    if not isinstance(path, (str, os.PathLike, Location)):
+        raise ConfigError(f"load_checkpoint: path must be a checkpoint folder (a str, os.PathLike "
+                          f"or URI), got {path!r:.80}, of type {type(path).__name__}")
+    loc = resolve(path)
+    missing = [n for n in ("meta.json", "model.safetensors") if not (loc / n).exists()]
+    if missing:
+        why = ("does not exist" if not loc.exists() else "is a file, not a folder"
+               if not loc.is_dir() else f"is not a raydal checkpoint (no {' or '.join(missing)})")
+        raise ConfigError(f"checkpoint {path} {why}; give a folder written by "
+                          "raydal.save_checkpoint (model.safetensors + meta.json), such as "
+                          "RUN_DIR/checkpoints/round-0003")
     weights = load_weights(path, device)
     spec = ModelSpec.from_dict(read_checkpoint_meta(path)["spec"])
     model = create_model(spec, pretrained=False)

@@ -1,6 +1,6 @@
-"""Mistaken Python API calls (strategies and the strategy registry) raise a ConfigError whose
-one line names the argument or option, the bad value and the fix, before any work; valid calls
-keep working."""
+"""Mistaken Python API calls (strategies, the strategy registry, ModelSpec, create_model,
+load_checkpoint) raise a ConfigError whose one line names the argument or field, the bad value
+and the fix, before any work; valid calls keep working."""
 import dataclasses
 import inspect
 import math
@@ -11,7 +11,10 @@ import pytest
 
 import raydal.scoring.base as base
 from raydal.errors import ConfigError
+from raydal.models import ModelSpec, create_model, load_checkpoint, save_checkpoint
 from raydal.scoring import Strategy, create_strategy, list_strategies, register_strategy
+
+SPEC = ModelSpec(name="test_resnet", num_classes=3, in_chans=1, img_size=16)
 
 
 def raises(match: str):
@@ -117,3 +120,78 @@ def test_a_registered_strategy_with_a_required_option():
         create_strategy("test_thresholded")
     with raises(r"strategy 'test_thresholded': threshold must be a float, got nan"):
         create_strategy("test_thresholded", threshold=math.nan)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"bogus": 1}, r"ModelSpec has no field 'bogus'; its fields are \['name', .*'freeze'\]"),
+    ({"nmae": "resnet18"}, r"ModelSpec has no field 'nmae'.* Did you mean 'name'\?"),
+    ({"name": 3}, r"model.name must be a timm model name \(a non-empty str\) such as "
+                  r"'resnet18', got 3, of type int"),
+    ({"num_classes": "10"}, r"model.num_classes must be a positive int, got '10', of type str"),
+    ({"num_classes": 0}, r"model.num_classes must be a positive int, got 0"),
+    ({"in_chans": 1.0}, r"model.in_chans must be a positive int, got 1.0"),
+    ({"img_size": None}, r"model.img_size must be a positive int, got None"),
+    ({"mean": 0.5}, r"model.mean must be a tuple of finite numbers, one or one per input "
+                    r"channel \(in_chans\), got 0.5"),
+    ({"in_chans": 3, "mean": (0.5, 0.5)}, r"model.mean must be .*, got \(0.5, 0.5\)"),
+    ({"std": (0.0,)}, r"model.std must be a tuple of finite numbers > 0, .*got \(0.0,\)"),
+    ({"std": (math.nan,)}, r"model.std must be .*, got \(nan,\)"),
+    ({"kwargs": ["drop_rate"]}, r"model.kwargs must be a dict of timm.create_model keyword"),
+    ({"channel_mismatch": "drop"}, r"model.channel_mismatch must be 'convert' or 'skip', got "
+                                   r"'drop'"),
+    ({"pretrained_file": 3}, r"model.pretrained_file must be a local weight file's path or "
+                             r"None, got 3"),
+    ({"freeze": "head"}, r"model.freeze must be 'none', 'backbone' or a non-empty tuple of "
+                         r"parameter-name prefixes .*, got 'head'"),
+    ({"freeze": ()}, r"model.freeze must be .*, got \(\)"),
+])
+def test_model_spec_fields_are_checked(fields, message):
+    with raises(message):
+        ModelSpec(**fields)
+
+
+def test_model_spec_positional_values_and_valid_specs():
+    with raises(r"ModelSpec takes at most 10 values \(\['name', .*\]\), got 11 positional ones"):
+        ModelSpec(*range(11))
+    spec = ModelSpec("test_resnet", 3, 3, 16, [0.1], (0.2, 0.3, 0.4, 0.5), {}, "skip", None,
+                     ["conv1"])
+    assert spec.mean == [0.1] and spec.freeze == ["conv1"]  # kept as given
+    assert ModelSpec.from_dict(SPEC.to_dict()) == SPEC
+    assert dataclasses.replace(SPEC, num_classes=4).num_classes == 4
+
+
+def test_create_model_refuses_other_specs_names_and_seeds():
+    with raises(r"create_model takes a raydal.ModelSpec, got 'test_resnet', of type str; e.g. "
+                r"create_model\(ModelSpec\(name='resnet18', num_classes=10\)\)"):
+        create_model("test_resnet")
+    with raises(r"model.name: unknown timm model 'resnet_18'; see timm.list_models\(\). Did you "
+                r"mean 'resnet18'\?"):
+        create_model(ModelSpec(name="resnet_18"))
+    with raises(r"create_model: seed must be an int or None, got '0'"):
+        create_model(SPEC, seed="0")
+    assert create_model(SPEC, seed=0).num_classes == 3
+
+
+def test_load_checkpoint_refuses_what_is_not_a_checkpoint(tmp_path):
+    root = re.escape(str(tmp_path))
+    fix = (r"; give a folder written by raydal.save_checkpoint \(model.safetensors \+ "
+           r"meta.json\), such as RUN_DIR/checkpoints/round-0003$")
+    for bad in (3, None, b"ckpt"):
+        with raises(rf"load_checkpoint: path must be a checkpoint folder \(a str, os.PathLike or "
+                    rf"URI\), got {re.escape(repr(bad))}, of type {type(bad).__name__}$"):
+            load_checkpoint(bad)
+    with raises(rf"checkpoint {root}/nope does not exist{fix}"):
+        load_checkpoint(tmp_path / "nope")
+    with raises(rf"checkpoint {root} is not a raydal checkpoint \(no meta.json or "
+                rf"model.safetensors\){fix}"):
+        load_checkpoint(tmp_path)
+    save_checkpoint(create_model(SPEC, seed=0), SPEC, tmp_path / "ckpt")
+    with raises(rf"checkpoint {root}/ckpt/meta.json is a file, not a folder{fix}"):
+        load_checkpoint(tmp_path / "ckpt" / "meta.json")
+    (tmp_path / "ckpt" / "model.safetensors").rename(tmp_path / "weights")
+    with raises(rf"checkpoint {root}/ckpt is not a raydal checkpoint \(no "
+                rf"model.safetensors\){fix}"):
+        load_checkpoint(str(tmp_path / "ckpt"))
+    (tmp_path / "weights").rename(tmp_path / "ckpt" / "model.safetensors")
+    model, spec = load_checkpoint(tmp_path / "ckpt")
+    assert spec == SPEC and model.num_classes == 3

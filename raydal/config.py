@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raydal.errors import ConfigError
-from raydal.fs import Where, check, is_uri, redact, resolve
+from raydal.fs import Location, Where, check, is_uri, redact, resolve
 from raydal.errors import suggest
 
 
@@ -348,6 +348,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def load_config(path: Where) -> RunConfig:
     """A config file, local or at a URI. An empty file is refused: it is not read as "all
     defaults" (which would start the full default pool on a mistyped path)."""
+    if not isinstance(path, (str, os.PathLike, Location)):
+        hint = "; to validate a dict, use raydal.parse_config" if isinstance(path, dict) else ""
+        raise ConfigError(f"load_config: path must be a YAML file's path or URI (a str or "
+                          f"os.PathLike) such as 'configs/quickstart.yaml', got {path!r:.80}, "
+                          f"of type {type(path).__name__}{hint}")
     path = resolve(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")

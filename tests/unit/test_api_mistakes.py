@@ -1,6 +1,6 @@
 """Mistaken Python API calls (strategies, the strategy registry, ModelSpec, create_model,
-load_checkpoint) raise a ConfigError whose one line names the argument or field, the bad value
-and the fix, before any work; valid calls keep working."""
+load_checkpoint, load_config) raise a ConfigError whose one line names the argument or field,
+the bad value and the fix, before any work; valid calls keep working."""
 import dataclasses
 import inspect
 import math
@@ -10,6 +10,7 @@ from typing import ClassVar
 import pytest
 
 import raydal.scoring.base as base
+from raydal.config import load_config
 from raydal.errors import ConfigError
 from raydal.models import ModelSpec, create_model, load_checkpoint, save_checkpoint
 from raydal.scoring import Strategy, create_strategy, list_strategies, register_strategy
@@ -195,3 +196,14 @@ def test_load_checkpoint_refuses_what_is_not_a_checkpoint(tmp_path):
     (tmp_path / "weights").rename(tmp_path / "ckpt" / "model.safetensors")
     model, spec = load_checkpoint(tmp_path / "ckpt")
     assert spec == SPEC and model.num_classes == 3
+
+
+@pytest.mark.parametrize("path, hint", [(None, ""), (3, ""),
+                                        ({"run_dir": "x"}, "; to validate a dict, use "
+                                                           "raydal.parse_config")])
+def test_load_config_refuses_what_is_not_a_path(path, hint):
+    with raises(rf"load_config: path must be a YAML file's path or URI \(a str or os.PathLike\) "
+                rf"such as 'configs/quickstart.yaml', got .*, of type {type(path).__name__}"
+                rf"{hint}$"):
+        load_config(path)
+    assert load_config("configs/quickstart.yaml").strategy.name

@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    from raydal.stop import Terminated, raise_terminated, stopped_by
+    from raydal.stop import Terminated, raise_terminated, say_stopped, stopped_by
     previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         try:
@@ -176,7 +176,6 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             raise Terminated() from None
     except KeyboardInterrupt as e:
-        from raydal.stop import say_stopped
         signum = stopped_by(e)
         say_stopped(args.command, signum)
         return 128 + signum

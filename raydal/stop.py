@@ -88,11 +88,8 @@ def started_by(pid: int, exclude: tuple[int, ...] = ()) -> set:
     """The processes ``pid`` started and that still run (a local Ray cluster's GCS, raylet,
     agents and workers): its descendants, and the members of its process group when it leads
     the group (a shell's job holds only what the job started; Ray's agents stay in it after the
-    raylet that started them died). Empty where psutil is missing."""
-    try:
-        import psutil
-    except ImportError:
-        return set()
+    raylet that started them died)."""
+    import psutil
     found = set()
     try:
         found.update(psutil.Process(pid).children(recursive=True))

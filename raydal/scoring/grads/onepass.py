@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raydal.scoring.grads.common import autocast, warn_once
-from raydal.scoring.grads import registry
+import raydal.scoring.grads.registry as registry
 from raydal.scoring.grads.registry import Block, Rule, RootTerms, RuleSpec, flat_terms, rule_for
 
 

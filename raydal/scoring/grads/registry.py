@@ -9,6 +9,7 @@ without one is projected through the rule itself (slower, same result).
 """
 from __future__ import annotations
 
+import importlib
 import sys
 from dataclasses import dataclass
 from typing import Callable, Iterable, NamedTuple
@@ -94,11 +95,26 @@ def register_rule(*module_types: type, params: tuple[str, ...] = ("weight", "bia
     return decorator
 
 
+#: rule modules registered lazily: {library module name: rule module name}
+_PROVIDERS: dict[str, str] = {}
+
+
+def register_rule_provider(library: str, rules_module: str) -> None:
+    """Import ``rules_module`` (whose import registers rules) the first time a rule is looked up
+    after ``library`` has been imported: a library's layers get rules without importing the
+    library for users who never load it (``raydal.scoring.grads`` declares timm's this way)."""
+    _PROVIDERS[library] = rules_module
+
+
+def _load_providers() -> None:
+    for library in [lib for lib in _PROVIDERS if lib in sys.modules]:
+        importlib.import_module(_PROVIDERS.pop(library))
+
+
 def rule_for(module: nn.Module) -> RuleSpec | None:
     """The rule of the nearest registered class in the module's MRO whose ``forward`` the module
     still uses, or None."""
-    if "timm" in sys.modules:  # timm's layers get rules once a timm model can exist
-        from raydal.scoring.grads import timm_layers  # noqa: F401
+    _load_providers()
     forward = type(module).forward
     for cls in type(module).__mro__:
         spec = _RULES.get(cls)

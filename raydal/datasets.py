@@ -17,12 +17,28 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from raydal.errors import ConfigError, suggest
+from raydal.errors import ConfigError
 from raydal.fs import Location, Where, resolve
+from raydal.registry import Registry
 from raydal.storage import atomic_write_json, atomic_write_parquet, read_json
 from raydal.transforms import encode_png
 
-_IMPORTERS: dict[str, Callable[[Path, Location], dict]] = {}
+
+def _adopt_dataset(name: str, fn) -> None:
+    """An entry point of group ``raydal.datasets`` whose import did not register its function."""
+    register_dataset(name, getattr(fn, "default_source", None), getattr(fn, "get", ""))(fn)
+
+
+def _check_dataset(name: str, fn) -> None:
+    if not callable(fn):
+        raise ConfigError(f"data set {name!r}: an importer is a function (source folder, out "
+                          f"Location, fields) -> meta, got {fn!r:.80}")
+
+
+#: The data-set importers: built-in ones, ``@register_dataset`` ones and entry points of group
+#: ``raydal.datasets``.
+DATASETS: Registry[Callable[[Path, Location, dict], dict]] = Registry(
+    "data set", "raydal.datasets", adopt=_adopt_dataset, check=_check_dataset)
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                          "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -39,14 +55,14 @@ def register_dataset(name: str, default_source: Path | None = None, get: str = "
     package installs the files (None: the user must set the source); get: how to obtain them,
     quoted in errors ("{source}" stands for the name of the source setting)."""
     def deco(fn):
+        DATASETS.register(name, fn)
         fn.default_source, fn.get = default_source, get
-        _IMPORTERS[name] = fn
         return fn
     return deco
 
 
 def list_datasets() -> list[str]:
-    return sorted(_IMPORTERS)
+    return DATASETS.names()
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -76,7 +92,7 @@ def _find(source: Path, stem: str, get: str) -> Path:
 
 
 def _how_to_get(name: str, fields: dict[str, str]) -> str:
-    return _IMPORTERS[name].get.replace("{source}", fields["source"])
+    return DATASETS.get(name).get.replace("{source}", fields["source"])
 
 
 def images_table(images: np.ndarray, ids: list[str], labels: np.ndarray | None = None) -> pa.Table:
@@ -133,9 +149,7 @@ def prepare_dataset(name: str, out: Where, source: str | Path | None = None,
     the recorded meta. ``fields``: the names of these settings in errors (``CONFIG_FIELDS``,
     ``CLI_FIELDS``). ConfigError for an unknown name, an ``out`` that is a file or a source
     that is not set; FileNotFoundError (with how to get them) for missing files."""
-    if name not in _IMPORTERS:
-        raise ConfigError(f"unknown data set {name!r} ({fields['name']}); expected one of "
-                          f"{list_datasets()}." + suggest(name, list_datasets()))
+    importer = DATASETS.get(name, fields["name"])
     out = resolve(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{fields['out']} {out} is a file; give a folder (raydal writes "
@@ -143,7 +157,6 @@ def prepare_dataset(name: str, out: Where, source: str | Path | None = None,
     meta = read_json(out / "meta.json")
     if meta is not None and meta.get("name") == name:
         return meta
-    importer = _IMPORTERS[name]
     src = Path(source).expanduser() if source is not None else importer.default_source
     if src is None:
         raise ConfigError(f"{fields['source']} is not set, and data set {name!r} has no default "

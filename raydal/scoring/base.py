@@ -17,8 +17,7 @@ from typing import Annotated, Any, ClassVar, Iterable, Literal
 import torch
 
 from raydal.errors import ConfigError, suggest
-
-_REGISTRY: dict[str, type["Strategy"]] = {}
+from raydal.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,25 +132,46 @@ def option_problem(value: Any, hint: Any) -> str | None:
     return ("an int" if hint is int else "a float") + (f" >= {bound}" if bound is not None else "")
 
 
-def register_strategy(cls: type[Strategy]) -> type[Strategy]:
-    """Class decorator: make ``cls`` (a Strategy subclass with a ``name``) available to
-    ``create_strategy(cls.name)``; ConfigError for anything else or a name taken by another."""
+def _check_strategy(name: str, cls: Any) -> None:
     if not (isinstance(cls, type) and issubclass(cls, Strategy)):
         raise ConfigError(f"register_strategy takes a subclass of raydal.scoring.Strategy (a "
                           f"dataclass whose fields are its options), got {cls!r:.80}, of type "
                           f"{type(cls).__name__}")
+    if getattr(cls, "name", None) != name:
+        raise ConfigError(f"strategy class {cls.__qualname__} is registered as {name!r} but its "
+                          f"name is {getattr(cls, 'name', None)!r}: set name: ClassVar[str] = "
+                          f"{name!r} in its body (an entry point's name must be the class's)")
+
+
+def _adopt_strategy(name: str, cls: Any) -> None:
+    """An entry point of group ``raydal.strategies`` whose import did not register its class."""
+    if isinstance(cls, type) and issubclass(cls, Strategy) and not getattr(cls, "name", None):
+        cls.name = name
+    STRATEGIES.register(name, cls)
+
+
+#: The strategies: built-in ones, ``@register_strategy`` ones and entry points of group
+#: ``raydal.strategies``.
+STRATEGIES: Registry[type[Strategy]] = Registry(
+    "strategy", "raydal.strategies", builtin=("raydal.scoring",), adopt=_adopt_strategy,
+    check=_check_strategy)
+_REGISTRY = STRATEGIES._entries  # the old name (read-only users: benchmarks/fuzz.py)
+
+
+def register_strategy(cls: type[Strategy]) -> type[Strategy]:
+    """Class decorator: make ``cls`` (a Strategy subclass with a ``name``) available to
+    ``create_strategy(cls.name)``; ConfigError for anything else or a name taken by another."""
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        _check_strategy("", cls)
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name:
         raise ConfigError(f"strategy class {cls.__qualname__} has no name: set "
                           "name: ClassVar[str] = 'my_strategy' in its body")
-    if name in _REGISTRY and _REGISTRY[name] is not cls:
-        raise ConfigError(f"strategy {name!r} is already registered by {_REGISTRY[name]}")
-    _REGISTRY[name] = cls
-    return cls
+    return STRATEGIES.register(name, cls)
 
 
 def list_strategies() -> list[str]:
-    return sorted(_REGISTRY)
+    return STRATEGIES.names()
 
 
 def create_strategy(name: str, **options: Any) -> Strategy:
@@ -161,10 +181,7 @@ def create_strategy(name: str, **options: Any) -> Strategy:
     if not isinstance(name, str):
         raise ConfigError(f"strategy must be a registered strategy's name (a str), one of "
                           f"{list_strategies()}; got {name!r:.80}, of type {type(name).__name__}")
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown strategy {name!r}; expected one of {list_strategies()}."
-                         + suggest(name, list_strategies()))
-    cls = _REGISTRY[name]
+    cls = STRATEGIES.get(name)
     signature = inspect.signature(cls)
     params = signature.parameters.values()
     accepted = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]

@@ -56,7 +56,7 @@ def test_every_registered_strategy_checks_its_options():
     """Each option of each registered strategy refuses a value of the wrong type (a list);
     gradnorm's ip_weight has its own check (it is 0)."""
     for name in list_strategies():
-        for option in inspect.signature(base._REGISTRY[name]).parameters:
+        for option in inspect.signature(base.STRATEGIES.get(name)).parameters:
             with raises(rf"strategy '{name}': {option} (must be|is 0 for gradnorm)"):
                 create_strategy(name, **{option: [1]})
 
@@ -85,7 +85,8 @@ def test_unknown_option_names_the_options_and_a_close_one():
 @pytest.fixture
 def registry(monkeypatch):
     """A copy of the strategy registry, restored after the test."""
-    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    base.STRATEGIES.names()  # built-in and installed entries loaded before the copy
+    monkeypatch.setattr(base.STRATEGIES, "_entries", dict(base.STRATEGIES._entries))
 
 
 @pytest.mark.usefixtures("registry")

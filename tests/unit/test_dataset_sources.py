@@ -22,7 +22,7 @@ def test_fashion_mnist_missing_files_name_the_package(tmp_path):
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["data", "fashion-mnst"], "unknown data set 'fashion-mnst' (NAME); expected one of "
+    (["data", "fashion-mnst"], "NAME: unknown data set 'fashion-mnst'; expected one of "
                                "['fashion-mnist', 'mnist']. Did you mean 'fashion-mnist'?"),
     (["data", "fashion-mnist", "--out", "FILE"], "--out FILE is a file; give a folder"),
     (["data", "mnist", "--out", "OUT"], "--source is not set, and data set 'mnist' has no "

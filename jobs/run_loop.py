@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     # The config's cluster, else RAY_ADDRESS (set by `ray job submit`), else a local Ray;
     # a dead address fails within seconds, naming it.
     connect(cfg.ray.address, num_cpus=cfg.ray.num_cpus, log_to_driver=cfg.progress)
-    rows = raydal.ActiveLoop(cfg).run()
+    rows = raydal.ActiveLoop.from_config(cfg).run()
     for row in rows:
         print(json.dumps(row), flush=True)
     print(json.dumps({"run_dir": cfg.run_dir, "rounds": len(rows),

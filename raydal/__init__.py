@@ -3,8 +3,9 @@
 Python API:
     Pool                 a Parquet pool of images with stable ids
     select               distributed exact top-b selection with any registered strategy
-    ActiveLoop           the resumable train -> select -> label loop
+    ActiveLoop           the resumable train -> select -> label loop (ActiveLoop.from_config)
     create_strategy, list_strategies, register_strategy
+    PoolSource, list_pools, register_pool, list_oracles, register_oracle: the other seams
 """
 from importlib import import_module
 
@@ -17,7 +18,9 @@ _API = {"ConfigError": "raydal.errors", "RunConfig": "raydal.config",
         "ActiveLoop": "raydal.loop",
         "ModelSpec": "raydal.models", "create_model": "raydal.models",
         "load_checkpoint": "raydal.models", "save_checkpoint": "raydal.models",
-        "Pool": "raydal.pool",
+        "Pool": "raydal.pool", "PoolSource": "raydal.pool", "list_pools": "raydal.pool",
+        "register_pool": "raydal.pool",
+        "list_oracles": "raydal.oracle", "register_oracle": "raydal.oracle",
         "create_strategy": "raydal.scoring", "list_strategies": "raydal.scoring",
         "register_strategy": "raydal.scoring",
         "Selection": "raydal.selection", "select": "raydal.selection",

@@ -36,7 +36,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         cfg = cfg.with_overrides(run_dir=args.run_dir)
     if args.no_progress:
         cfg = cfg.with_overrides(progress=False)
-    rows = ActiveLoop(cfg).run()
+    rows = ActiveLoop.from_config(cfg).run()  # names checked, objects built, then the run
     print(f"\n{cfg.name}: {cfg.strategy.name} on {cfg.model.name}, run directory {cfg.run_dir}")
     print(format_table(rows))
     return 0
@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "as Parquet (id, score, rank); the code path of jobs/select_round.py")
     add_selection_arguments(sel).set_defaults(fn=_cmd_select)
     d = sub.add_parser("data", help="import a data set into the pool format")
-    d.add_argument("name", help="fashion-mnist or mnist")
+    d.add_argument("name", help="a registered data set: fashion-mnist, mnist, or one installed "
+                   "by entry point")
     d.add_argument("--out", default="data/fashion-mnist")
     d.add_argument("--source", help="folder of the original files (default: Debian's path)")
     d.set_defaults(fn=_cmd_data)

@@ -1,11 +1,16 @@
 """Typed, validated run configuration (YAML -> objects).
 
 Every error names the field, the bad value and what is expected, and arrives before any work.
+This module only checks the shape and range of each field: the names a config gives (the
+strategy, the oracle, the pool source, the data set, the timm model) and the options of each
+backend are checked by the build step (``raydal.build``) against its registry and the backend's
+own options model, still before Ray starts. So importing this module imports neither torch nor
+any seam's entries.
 """
 from __future__ import annotations
 
 import os
-import re
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,8 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raydal.errors import ConfigError
-from raydal.fs import Location, Where, check, is_uri, redact, resolve
-from raydal.errors import suggest
+from raydal.fs import Location, Where, check, is_uri, resolve
+from raydal.options import explain
 
 
 class _Section(BaseModel):
@@ -31,11 +36,18 @@ def _location(v: str | None) -> str | None:
 
 class DataConfig(_Section):
     dataset: str | None = Field(
-        "fashion-mnist", description="registered importer (fashion-mnist, mnist) or null to use "
-        "pool/truth/test paths")
+        "fashion-mnist", description="registered importer (fashion-mnist, mnist, or one "
+        "installed by entry point) or null to use pool/truth/test paths")
     source: str | None = Field(None, description="folder with the data set's original files")
     prepared_dir: str = Field("data/fashion-mnist", description="where the import is written")
-    pool: str | None = Field(None, description="Parquet pool (id, image|path) when dataset is null")
+    pool: str | None = Field(None, description="the pool when dataset is null: Parquet (id, "
+                             "image|path), or what pool_format reads")
+    pool_format: str | None = Field(
+        None, description="a registered pool source: parquet, webdataset (a folder of .tar "
+        "shards), or one installed by entry point; null: webdataset for a folder of .tar files "
+        "without Parquet ones, else parquet")
+    pool_options: dict[str, Any] = Field(default_factory=dict, description="the pool "
+                                         "source's options (its own options model)")
     truth: str | None = Field(None, description="Parquet (id, label) for the simulated oracle")
     test: str | None = Field(None, description="Parquet (id, image|path, label) for evaluation")
     num_classes: int | None = Field(None, ge=2)
@@ -53,12 +65,6 @@ class DataConfig(_Section):
             if missing:
                 raise ValueError(f"with data.dataset null, set data.{missing[0]} "
                                  f"(missing: {', '.join('data.' + m for m in missing)})")
-        else:
-            from raydal.datasets import list_datasets
-            if self.dataset not in list_datasets():
-                raise ValueError(f"data.dataset: unknown data set {self.dataset!r}; expected "
-                                 f"one of {list_datasets()} or null." +
-                                 suggest(self.dataset, list_datasets()))
         return self
 
 
@@ -101,29 +107,12 @@ class ModelConfig(_Section):
         from raydal.models import ModelSpec
         return ModelSpec.from_dict({**self.model_dump(mode="json"), "num_classes": num_classes})
 
-    @field_validator("name")
-    @classmethod
-    def _known_model(cls, v: str) -> str:
-        import timm
-        if not timm.is_model(v):
-            names = timm.list_models()
-            raise ValueError(f"unknown timm model {v!r}; see timm.list_models()." +
-                             suggest(v, names))
-        return v
-
 
 class StrategyConfig(_Section):
-    name: str = "dynamicAL"
-    options: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _known_strategy(self):
-        import raydal.scoring as scoring
-        try:
-            scoring.create_strategy(self.name, **self.options)
-        except (ValueError, TypeError) as e:
-            raise ValueError(str(e)) from None
-        return self
+    name: str = Field("dynamicAL", description="a registered strategy (raydal.list_strategies())"
+                      " or one installed by entry point")
+    options: dict[str, Any] = Field(default_factory=dict, description="the strategy's options "
+                                    "(the fields of its dataclass)")
 
 
 class LoopConfig(_Section):
@@ -134,62 +123,11 @@ class LoopConfig(_Section):
     oracle: str = Field(
         "simulated", description="a registered oracle (raydal.oracle): simulated (ground truth "
         "from data.truth); file (export picks to to_label/ and wait for `raydal import-labels`); "
-        "labelstudio (tasks on a Label Studio server, see the labelstudio section)")
-
-    @field_validator("oracle")
-    @classmethod
-    def _known_oracle(cls, v: str) -> str:
-        from raydal.oracle import list_oracles
-        if v not in list_oracles():
-            raise ValueError(f"unknown oracle {v!r}; expected one of {list_oracles()}."
-                             + suggest(v, list_oracles()))
-        return v
-
-
-#: Keys that would put a Label Studio secret into the config file (refused by name).
-_SECRET_KEYS = ("api_key", "key", "token", "api_token", "access_token", "password")
-
-
-class LabelStudioConfig(_Section):
-    """Where ``loop.oracle: labelstudio`` creates its tasks. The API key is read only from the
-    environment variable named by ``api_key_env``, never from this file (which is copied into
-    the run directory and into tracking params)."""
-
-    url: str = Field(description="the server, e.g. http://127.0.0.1:8080")
-    project: int | str = Field(description="a project id, or a title (created with one Choices "
-                               "control over the data set's classes if absent)")
-    api_key_env: str = Field("LABEL_STUDIO_API_KEY", description="NAME of the environment "
-                             "variable that holds the API key (a legacy token or a personal "
-                             "access token)")
-    timeout_s: float = Field(60.0, gt=0, description="seconds per request to the server")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_secret_here(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            bad = [k for k in data if str(k).lower() in _SECRET_KEYS]
-            if bad:
-                raise ValueError(f"key {bad[0]!r}: an API key is never read from the "
-                                 "config file (it is copied to the run directory and tracking "
-                                 "params); remove it and export it in the environment variable "
-                                 "named by labelstudio.api_key_env (default LABEL_STUDIO_API_KEY)")
-        return data
-
-    @field_validator("url")
-    @classmethod
-    def _http(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError(f"got {redact(v)!r}; expected the server's http(s):// address, "
-                             "e.g. http://127.0.0.1:8080")
-        return v.rstrip("/")
-
-    @field_validator("api_key_env")
-    @classmethod
-    def _env_name(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", v):  # a key pasted here is not echoed back
-            raise ValueError("expected the NAME of an environment variable (upper case letters, "
-                             "digits and _, e.g. LABEL_STUDIO_API_KEY), not the key itself")
-        return v
+        "labelstudio (tasks on a Label Studio server, its options in oracle_options); or one "
+        "installed by entry point")
+    oracle_options: dict[str, Any] = Field(
+        default_factory=dict, description="the oracle's options, checked by its own options "
+        "model (labelstudio: url, project, api_key_env, timeout_s)")
 
 
 class SelectionConfig(_Section):
@@ -274,47 +212,34 @@ class RunConfig(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    labelstudio: LabelStudioConfig | None = Field(
-        None, description="the Label Studio server of loop.oracle: labelstudio")
 
     _run_dir = field_validator("run_dir")(_location)
 
-    @model_validator(mode="after")
-    def _oracle_has_truth(self):
-        if self.data.dataset is None and self.loop.oracle == "simulated" and not self.data.truth:
-            raise ValueError("data.truth is missing: the simulated oracle needs ground truth "
-                             "(id, label) Parquet; set data.truth or use loop.oracle: file")
-        if self.loop.oracle == "labelstudio" and self.labelstudio is None:
-            raise ValueError("labelstudio is missing: loop.oracle labelstudio needs a "
-                             "labelstudio section with url and project (README \"Label Studio "
-                             "workflow\")")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _labelstudio_section(cls, data: Any) -> Any:
+        """The top-level ``labelstudio:`` section of older configs: now the labelstudio oracle's
+        ``loop.oracle_options`` (moved there, with a DeprecationWarning)."""
+        if not (isinstance(data, dict) and "labelstudio" in data):
+            return data
+        data = dict(data)
+        section = data.pop("labelstudio")
+        loop = data.get("loop")
+        loop = dict(loop) if isinstance(loop, dict) else {}
+        if section is None or loop.get("oracle") != "labelstudio":
+            warnings.warn("config: the labelstudio section is ignored (loop.oracle is not "
+                          "labelstudio); remove it", DeprecationWarning, stacklevel=2)
+            return data
+        if loop.get("oracle_options"):
+            raise ValueError("labelstudio and loop.oracle_options are both set; keep only "
+                             "loop.oracle_options (the labelstudio section is its old name)")
+        warnings.warn("config: the labelstudio section is deprecated; move its keys under "
+                      "loop.oracle_options", DeprecationWarning, stacklevel=2)
+        data["loop"] = {**loop, "oracle_options": section}
+        return data
 
     def with_overrides(self, **kw: Any) -> "RunConfig":
         return parse_config({**self.model_dump(mode="json"), **kw})
-
-
-def _explain(err: ValidationError, cls: type[BaseModel]) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            parent = cls
-            for part in e["loc"][:-1]:
-                field = parent.model_fields.get(str(part))
-                parent = getattr(field, "annotation", None) if field else None
-                if not (isinstance(parent, type) and issubclass(parent, BaseModel)):
-                    parent = None
-                    break
-            known = list(parent.model_fields) if parent else []
-            lines.append(f"config field '{loc}': unknown key; expected one of {known}."
-                         + suggest(str(e["loc"][-1]), known))
-        elif e["type"] == "value_error" or loc == "":
-            lines.append(f"config field '{loc or '(top level)'}': {msg}")
-        else:
-            lines.append(f"config field '{loc}': got {e.get('input')!r}; {msg.lower()}")
-    return "invalid config:\n  " + "\n  ".join(lines)
 
 
 def parse_config(data: dict[str, Any] | None) -> RunConfig:
@@ -327,7 +252,7 @@ def parse_config(data: dict[str, Any] | None) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_explain(e, RunConfig)) from None
+        raise ConfigError(explain(e, RunConfig)) from None
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -11,14 +11,20 @@ Images go inline, as ``data:image/...;base64`` URIs: Label Studio shows them wit
 pool, without a file server, cloud storage or internet, and with the bytes a pool holds (a path
 pool's files are read here). The API key is read from the environment variable the config names
 and is replaced by ``***`` in every message this module raises.
+
+Its settings are ``LabelStudioOptions``, written under ``loop.oracle_options`` (the top-level
+``labelstudio:`` section of older configs is moved there, with a deprecation warning).
 """
 from __future__ import annotations
 
 import base64
 import contextlib
 import os
+import re
 import time
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from raydal.errors import OracleError, RaydalError
 from raydal.fs import Location, read_bytes, redact
@@ -27,7 +33,54 @@ from raydal.oracle import Answer, LabelRequest, Oracle, annotated_choice, class_
 from raydal.storage import atomic_write_json, read_json
 
 if TYPE_CHECKING:
-    from raydal.config import LabelStudioConfig, RunConfig
+    from raydal.config import RunConfig
+
+#: Keys that would put a Label Studio secret into the config file (refused by name).
+_SECRET_KEYS = ("api_key", "key", "token", "api_token", "access_token", "password")
+
+
+class LabelStudioOptions(BaseModel):
+    """Where ``loop.oracle: labelstudio`` creates its tasks (``loop.oracle_options``). The API
+    key is read only from the environment variable named by ``api_key_env``, never from the
+    config file (which is copied into the run directory and into tracking params)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(description="the server, e.g. http://127.0.0.1:8080")
+    project: int | str = Field(description="a project id, or a title (created with one Choices "
+                               "control over the data set's classes if absent)")
+    api_key_env: str = Field("LABEL_STUDIO_API_KEY", description="NAME of the environment "
+                             "variable that holds the API key (a legacy token or a personal "
+                             "access token)")
+    timeout_s: float = Field(60.0, gt=0, description="seconds per request to the server")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secret_here(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            bad = [k for k in data if str(k).lower() in _SECRET_KEYS]
+            if bad:
+                raise ValueError(f"key {bad[0]!r}: an API key is never read from the "
+                                 "config file (it is copied to the run directory and tracking "
+                                 "params); remove it and export it in the environment variable "
+                                 "named by api_key_env (default LABEL_STUDIO_API_KEY)")
+        return data
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"got {redact(v)!r}; expected the server's http(s):// address, "
+                             "e.g. http://127.0.0.1:8080")
+        return v.rstrip("/")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", v):  # a key pasted here is not echoed back
+            raise ValueError("expected the NAME of an environment variable (upper case letters, "
+                             "digits and _, e.g. LABEL_STUDIO_API_KEY), not the key itself")
+        return v
 
 _MAGIC = ((b"\x89PNG", "image/png"), (b"\xff\xd8", "image/jpeg"), (b"GIF8", "image/gif"),
           (b"BM", "image/bmp"), (b"II*\x00", "image/tiff"), (b"MM\x00*", "image/tiff"))
@@ -51,9 +104,12 @@ def label_config(classes: list[str]) -> str:
 
 @register_oracle("labelstudio")
 class LabelStudioOracle(Oracle):
-    """Tasks on the server of ``config.labelstudio``; the key from ``api_key_env``."""
+    """Tasks on the server of its options (``LabelStudioOptions``); the key from
+    ``api_key_env``."""
 
-    def __init__(self, config: "LabelStudioConfig", api_key: str):
+    Options = LabelStudioOptions
+
+    def __init__(self, config: LabelStudioOptions, api_key: str):
         self.config = config
         self._key = api_key
         self._client = None
@@ -62,13 +118,14 @@ class LabelStudioOracle(Oracle):
         return f"LabelStudioOracle({self.redact(self.config.url)}, project={self.config.project!r})"
 
     @classmethod
-    def from_config(cls, config: "RunConfig", truth: str | None) -> "LabelStudioOracle":
-        ls = config.labelstudio
+    def from_config(cls, config: "RunConfig", truth: str | None,
+                    options: LabelStudioOptions | None = None) -> "LabelStudioOracle":
+        ls = options
         key = os.environ.get(ls.api_key_env, "").strip()
         if not key:
             raise OracleError(f"the environment variable {ls.api_key_env} is not set: export the "
                               "Label Studio API key in it (Account & Settings > Access Token), or "
-                              "name another variable in labelstudio.api_key_env")
+                              "name another variable in loop.oracle_options.api_key_env")
         return cls(ls, key)
 
     def check_reachable(self) -> None:
@@ -80,7 +137,7 @@ class LabelStudioOracle(Oracle):
             raise OracleError(
                 f"Label Studio at {self.redact(self.config.url)} did not answer its /health within "
                 f"{REACH_TIMEOUT_S:g} s ({self.redact(why)}); start the server (label-studio "
-                "start), fix labelstudio.url, or choose another loop.oracle")
+                "start), fix loop.oracle_options.url, or choose another loop.oracle")
 
     def redact(self, text: str) -> str:
         """``text`` without the API key (nor a password in a URL)."""
@@ -194,5 +251,5 @@ class LabelStudioOracle(Oracle):
             detail = " ".join(self.redact(text).split())[:500]
             raise OracleError(
                 f"Label Studio at {self.redact(self.config.url)} failed ({detail}); check that "
-                f"the server runs, that labelstudio.project exists and that "
+                f"the server runs, that loop.oracle_options.project exists and that "
                 f"{self.config.api_key_env} holds a valid API key") from None

@@ -12,31 +12,35 @@ directory continues where the last run stopped, with no label lost or bought twi
 
 The run directory, the pool and the data files are local paths or pyarrow filesystem URIs
 (``s3://bucket/runs/x``); see ``raydal.fs``.
+
+The loop runs on built objects (``raydal.build.RunParts``: the pool, the oracle, the strategies,
+the model and training specs): ``ActiveLoop.from_config(cfg)`` builds them from a config,
+checking every name before any work; ``ActiveLoop(parts)`` takes them as they are.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
-from dataclasses import dataclass
+import warnings
 
 import torch
 import yaml
 
 from raydal import hooks
-from raydal.config import ConfigError, RunConfig
+from raydal.build import RunData, RunParts, build, build_data, open_tracking
+from raydal.config import RunConfig, parse_config
 from raydal.connect import connect
-from raydal.datasets import prepare_dataset
+from raydal.errors import ConfigError, RunDirError, RunDirLocked
 from raydal.fs import Location, Where, resolve
-from raydal.errors import RunDirError, RunDirLocked
 from raydal.labels import LabelLog, numbered_rounds
 from raydal.models import ModelSpec, checkpoint_exists, read_checkpoint_meta
-from raydal.oracle import (LabelRequest, Oracle, create_oracle, parse_label_file, read_picks,
+from raydal.oracle import (LabelRequest, Oracle, parse_label_file, read_picks,
                            validate_against_picks)
-from raydal.pool import Pool
+from raydal.pool import PoolSource
 from raydal.resources import ensure_schedulable, selection_demand, training_demand
 from raydal.run_dir import claim, remove_derived_data, remove_made, remove_train_attempts
-from raydal.scoring.base import create_strategy
 from raydal.shared_paths import check_shared
 from raydal.storage import (atomic_write_bytes, atomic_write_json, atomic_write_parquet,
                             read_json, read_table, run_dir_lock)
@@ -46,23 +50,34 @@ _FIXED_ON_RESUME = ("seed", "data", "model", "strategy")
 _FIXED_LOOP = ("initial", "per_round")
 
 
-@dataclass
-class RunData:
-    pool: Pool
-    truth: str | None
-    test: str
-    num_classes: int
-    classes: list[str] | None = None
-
-
 class ActiveLoop:
-    """``ActiveLoop(config).run()`` runs (or resumes) the loop in ``config.run_dir``."""
+    """``ActiveLoop.from_config(config).run()`` runs (or resumes) the loop in ``config.run_dir``.
 
-    def __init__(self, config: RunConfig, run_dir: Where | None = None):
-        self.config = config
-        self.run_dir = resolve(run_dir or config.run_dir)  # absolute: workers run elsewhere
+    parts: the built objects (``raydal.build.build``); a ``RunConfig`` is built when first
+    needed (``raydal status`` reads a run without building it).
+    """
+
+    def __init__(self, parts: RunParts | RunConfig, run_dir: Where | None = None):
+        self._parts = parts if isinstance(parts, RunParts) else None
+        self.config = parts.config if isinstance(parts, RunParts) else parts
+        self.run_dir = resolve(run_dir or self.config.run_dir)  # absolute: workers run elsewhere
         self.labels = LabelLog(self.run_dir / "labels")
         self.tracking = None  # raydal.tracking.RunTracking while run() runs, when configured
+
+    @classmethod
+    def from_config(cls, config: RunConfig, run_dir: Where | None = None, *,
+                    pool: PoolSource | None = None, oracle: Oracle | None = None,
+                    strategy=None) -> "ActiveLoop":
+        """The loop of ``config``, its objects built now (``raydal.build.build``: a name no
+        registry has is a ConfigError here, before any work); ``pool``, ``oracle`` and
+        ``strategy`` replace the configured ones."""
+        return cls(build(config, pool=pool, oracle=oracle, strategy=strategy), run_dir)
+
+    @property
+    def parts(self) -> RunParts:
+        if self._parts is None:
+            self._parts = build(self.config)
+        return self._parts
 
     # ---- paths -------------------------------------------------------------------------------
     def selection_path(self, r: int) -> Location:
@@ -74,24 +89,25 @@ class ActiveLoop:
     # ---- the loop ----------------------------------------------------------------------------
     def run(self) -> list[dict]:
         """Run every remaining step; return the per-round metrics."""
+        parts = self.parts  # every name checked, the data set imported, the pool opened
         with self._nothing_left_if_first_run_fails(), run_dir_lock(self.run_dir):
             self._check_resume_config()
             self._check_labels_intact()
-            self._check_services_reachable()
+            oracle = parts.oracle
+            self._check_services_reachable(oracle)
             # the user's inputs, before Ray starts (pyarrow and torch on the driver only)
             data = self._prepare_data()
             from raydal.train import check_test_labels  # a label column scan
-            check_test_labels(Pool(data.test), data.num_classes)
-            self._check_model(data.num_classes)
+            check_test_labels(data.test, data.num_classes)
+            self._check_model()
             self._check_pool_lasts(data.pool)
             cfg = self.config
-            oracle = create_oracle(cfg, data.truth)
             oracle.check(data.pool, data.num_classes)  # e.g. a truth file that lacks pool ids
             connect(self.config.ray.address, num_cpus=self.config.ray.num_cpus,
                     log_to_driver=self.config.ray.log_to_driver)
             self._check_shared()  # the cluster's view of the paths and its resources
             self._check_resources()
-            self.tracking = self._open_tracking()
+            self.tracking = open_tracking(cfg, self.run_dir)
             try:
                 if not self._select_and_label(0, data, None, oracle):
                     return self.metrics()  # round 0 awaits labels
@@ -111,7 +127,7 @@ class ActiveLoop:
             write_learning_curve({cfg.name: rows}, self.run_dir / "report" / "learning_curve.png")
             return rows
 
-    def _check_model(self, num_classes: int) -> None:
+    def _check_model(self) -> None:
         """Build the model once here, before any label is bought: a timm keyword it refuses, a
         pretrained file of another format or architecture, a freeze prefix that matches nothing
         or one that freezes everything stop the run with one line (ConfigError), not the first
@@ -120,7 +136,7 @@ class ActiveLoop:
         from raydal.errors import RaydalError, one_line
         from raydal.models import create_model
         m = self.config.model
-        spec = self.model_spec(num_classes)
+        spec = self.parts.model
         try:
             model = create_model(spec, seed=self.config.seed)
             model.train()(torch.zeros(2, spec.in_chans, spec.img_size, spec.img_size))
@@ -136,7 +152,7 @@ class ActiveLoop:
                               f"{m.name!r}: nothing would train; freeze fewer ('backbone' keeps "
                               "the classifier trainable)")
 
-    def _check_pool_lasts(self, pool: Pool) -> None:
+    def _check_pool_lasts(self, pool: PoolSource) -> None:
         """ConfigError when the loop would buy more labels than the pool has images."""
         loop = self.config.loop
         wanted = loop.initial + loop.rounds * loop.per_round
@@ -147,34 +163,14 @@ class ActiveLoop:
                 f"{loop.per_round} = {wanted} labels, but pool {pool.path} has {pool.num_rows} "
                 f"images; set loop.rounds to at most {max(lasts, 0)}, or use a larger pool")
 
-    def _check_services_reachable(self) -> None:
-        """An MLflow or Label Studio server that is down or silent fails the start in seconds,
-        before Ray starts (``raydal.services``)."""
+    def _check_services_reachable(self, oracle: Oracle) -> None:
+        """An MLflow server or an oracle's service that is down or silent fails the start in
+        seconds, before Ray starts (``raydal.services``)."""
         mlflow = self.config.tracking.mlflow
         if isinstance(mlflow, str):
             from raydal.tracking import check_reachable
             check_reachable(mlflow)
-        if self.config.loop.oracle == "labelstudio":
-            create_oracle(self.config, None).check_reachable()
-
-    def _open_tracking(self):
-        """The run's MLflow/TensorBoard tracking (``raydal.tracking``), or None when off."""
-        t = self.config.tracking
-        if not (t.mlflow or t.tensorboard):
-            return None
-        from raydal.tracking import RunTracking, flatten
-        if True in (t.mlflow, t.tensorboard) and not self.run_dir.is_local:
-            raise ConfigError(f"tracking: the run directory {self.run_dir} is not local; set "
-                              "tracking.mlflow to a tracking URI (http://host:5000) and "
-                              "tracking.tensorboard to a local folder instead of true")
-        # MLflow 3 refuses its folder store (maintenance mode) unless told to: SQLite instead
-        mlflow = f"sqlite:///{self.run_dir.local_path / 'mlflow.db'}" if t.mlflow is True \
-            else t.mlflow
-        board = str(self.run_dir.local_path / "tensorboard") if t.tensorboard is True \
-            else t.tensorboard
-        return RunTracking(mlflow or None, board or None, t.experiment or self.config.name,
-                           self.config.name, flatten(self.config.model_dump(mode="json")),
-                           self.run_dir / "tracking.json")
+        oracle.check_reachable()
 
     def _track(self, r: int, data: RunData) -> None:
         """Log trained round r (once per run directory)."""
@@ -249,7 +245,7 @@ class ActiveLoop:
         if not self._bought_anything():  # nothing bought yet: any config may (re)start here
             remove_derived_data(self.run_dir)  # derived from the old data; made again
         elif path.exists():
-            old = yaml.safe_load(path.read_text()) or {}
+            old = _as_now(yaml.safe_load(path.read_text()) or {})
             changed = [k for k in _FIXED_ON_RESUME if old.get(k) != new.get(k)]
             changed += [f"loop.{k}" for k in _FIXED_LOOP
                         if (old.get("loop") or {}).get(k) != new["loop"].get(k)]
@@ -276,35 +272,35 @@ class ActiveLoop:
         check_shared(inputs, outputs)
 
     def _prepare_data(self) -> RunData:
-        d, seed = self.config.data, self.config.seed
-        if d.dataset is not None:
-            meta = prepare_dataset(d.dataset, d.prepared_dir, d.source)
-            root = resolve(d.prepared_dir)
-            pool, truth, test = root / "pool.parquet", root / "truth.parquet", root / "test.parquet"
-            num_classes = meta["num_classes"]
-        else:
-            pool, test = resolve(d.pool), resolve(d.test)
-            truth = resolve(d.truth) if d.truth else None
-            num_classes = d.num_classes
-        classes = meta.get("classes") if d.dataset is not None else d.class_names
-        pool_ = Pool(pool)
-        self._check_pool_once(pool_)
+        """The built data, with the seeded subsamples of the pool and test set (written once
+        under RUN_DIR/data/) and the pool's ids checked once."""
+        d, seed, data = self.config.data, self.config.seed, self.parts.data
+        self._check_pool_once(data.pool)
+        pool, test = data.pool, data.test
         if d.pool_subsample:
-            pool_ = pool_.subsample(d.pool_subsample, seed, self.run_dir / "data" / "pool.parquet")
+            pool = pool.subsample(d.pool_subsample, seed, self.run_dir / "data" / "pool.parquet")
         if d.test_subsample:
-            test = Pool(test).subsample(d.test_subsample, seed + 1,
-                                        self.run_dir / "data" / "test.parquet").path
-        return RunData(pool_, str(truth) if truth else None, str(test), num_classes, classes)
+            test = test.subsample(d.test_subsample, seed + 1,
+                                  self.run_dir / "data" / "test.parquet")
+        return dataclasses.replace(data, pool=pool, test=test)
 
-    def _check_pool_once(self, pool: Pool) -> None:
-        """Null or duplicate ids make labels ambiguous: refuse such a pool (checked once)."""
-        key = {"pool": pool.path, "files": [[f.path, f.size, f.mtime_ns] for f in pool.files]}
+    def _check_pool_once(self, pool: PoolSource) -> None:
+        """Null or duplicate ids make labels ambiguous: refuse such a pool (checked once for a
+        pool whose ``fingerprint`` is known, else on every run)."""
+        key = pool.fingerprint()
+        if key is None:
+            pool.check_ids()
+            return
+        key = {"pool": pool.path, "files": key}
         record = self.run_dir / "data" / "pool_check.json"
         if read_json(record) != key:
             pool.check_ids()
             atomic_write_json(record, key)
 
-    def model_spec(self, num_classes: int) -> ModelSpec:
+    def model_spec(self, num_classes: int | None = None) -> ModelSpec:
+        """The run's model spec (``num_classes``: another class count than the data's)."""
+        if num_classes is None:
+            return self.parts.model
         return self.config.model.spec(num_classes)
 
     def _set_state(self, r: int, phase: str) -> None:
@@ -324,11 +320,8 @@ class ActiveLoop:
         if not sel_path.exists():
             self._set_state(r, "select")
             labeled = self.labels.labels()
-            if r == 0:
-                strategy, budget = create_strategy("random", seed=cfg.seed), cfg.loop.initial
-            else:
-                strategy = create_strategy(cfg.strategy.name, **cfg.strategy.options)
-                budget = cfg.loop.per_round
+            strategy = self.parts.round_strategy(r)
+            budget = cfg.loop.initial if r == 0 else cfg.loop.per_round
             s = cfg.selection
             sel = select(data.pool, model, strategy, budget, labeled,
                          num_actors=s.num_actors, batch_size=s.batch_size,
@@ -336,7 +329,7 @@ class ActiveLoop:
                          num_cpus_per_actor=s.num_cpus_per_actor,
                          pipeline=s.pipeline, decode_tasks=s.decode_tasks,
                          balance=s.balance if r else "none",  # round 0: random, no model
-                         input_spec=self.model_spec(data.num_classes).input_spec,
+                         input_spec=self.parts.model.input_spec,
                          progress=cfg.progress, resource_wait_s=cfg.ray.resource_wait_s)
             hooks.point(f"select-{r}")  # scored, nothing written yet
             atomic_write_json(sel_path.with_suffix(".json"), {
@@ -370,13 +363,13 @@ class ActiveLoop:
         if checkpoint_exists(ckpt):
             return
         self._set_state(r, "train")
-        cfg, t = self.config, self.config.training
+        cfg = self.config
         labels = self.labels.labels()
         warm = self.checkpoint_path(r - 1) if cfg.loop.warm_start and r > 0 else None
         remove_train_attempts(self.run_dir / "ray_train")  # a killed run's leftovers
         self._check_resources()
-        settings = t.settings(seed=cfg.seed + r)
-        m = train_round(self.model_spec(data.num_classes), data.pool, labels, data.test,
+        settings = self.parts.round_training(r)
+        m = train_round(self.parts.model, data.pool, labels, data.test.path,
                         settings, ckpt, warm, self.run_dir / "ray_train", progress=cfg.progress,
                         hook_name=f"train-{r}",
                         tracking=self.tracking.target if self.tracking else None,
@@ -399,7 +392,7 @@ class ActiveLoop:
             if not pending:
                 raise LabelError(f"no round of {self.run_dir} is waiting for labels")
             r = pending[0]
-            data = self._prepare_data()
+            data = self._parts.data if self._parts else build_data(self.config)
             labels = parse_label_file(path, data.classes, data.num_classes)
             validate_against_picks(labels, read_picks(self.selection_path(r)), r)
             self.labels.append(r, labels, source=f"file:{resolve(path).name}",
@@ -436,3 +429,15 @@ class ActiveLoop:
         rows = self.metrics()
         atomic_write_bytes(self.run_dir / "metrics.jsonl",
                            "".join(json.dumps(row) + "\n" for row in rows).encode())
+
+
+def _as_now(old: dict) -> dict:
+    """A run directory's recorded config with the fields added since filled with their
+    defaults (as this version writes it), so that a resume compares like with like; as it is
+    when it no longer validates."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return parse_config(old).model_dump(mode="json")
+    except ConfigError:
+        return old

@@ -3,7 +3,10 @@
 The loop asks the configured oracle (``loop.oracle``) for a round's picks once per run; the
 oracle answers with every label (the loop appends them in one atomic write) or "not yet" (the
 loop records the round as awaiting labels, prints the oracle's message and stops; the next
-``raydal run`` asks again). Register another with ``@register_oracle("name")``.
+``raydal run`` asks again). Register another with ``@register_oracle("name")`` or, from an
+installed package, by an entry point of group ``raydal.oracles``. An oracle with settings
+declares them as a pydantic model, ``Options``: the user writes them under
+``loop.oracle_options`` and the build step (``raydal.build``) validates them before any work.
 
 - ``simulated``: held-out ground truth (kept apart from the pool): benchmarks, quickstart.
 - ``file``: real labeling through files. Each round's picks are exported for people
@@ -20,7 +23,7 @@ import io
 import json
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -28,11 +31,15 @@ import pyarrow.dataset as pads
 
 from raydal.fs import Location, Where, resolve
 from raydal.labels import LabelError, csv_label_rows
-from raydal.pool import Pool
-from raydal.errors import suggest
+from raydal.errors import ConfigError
+from raydal.pool import PoolSource as Pool
+from raydal.options import validate_options
+from raydal.registry import Registry
 from raydal.storage import atomic_write_bytes, atomic_write_json, read_table
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from raydal.config import RunConfig
 
 
@@ -66,18 +73,34 @@ class Answer:
 
 
 class Oracle(abc.ABC):
-    """Answers a round's picks. Subclasses register with ``@register_oracle(name)``."""
+    """Answers a round's picks. Subclasses register with ``@register_oracle(name)``.
+
+    ``Options``: the oracle's settings (a pydantic model, ``loop.oracle_options`` in a config),
+    or None when it has none. ``check_config`` holds its cross-checks with the rest of the
+    config; both run in the build step, before Ray starts and before any label is bought."""
 
     name: ClassVar[str]
+    Options: ClassVar[type["BaseModel"] | None] = None
+
+    @classmethod
+    def check_config(cls, config: "RunConfig", options: "BaseModel | None") -> None:
+        """Raise ConfigError when the rest of ``config`` cannot work with this oracle
+        (default: nothing to check). Reads no file and asks no server."""
 
     @classmethod
     @abc.abstractmethod
-    def from_config(cls, config: "RunConfig", truth: str | None) -> "Oracle":
-        """The oracle a run's config asks for (``truth``: the data's ground-truth Parquet)."""
+    def from_config(cls, config: "RunConfig", truth: str | None,
+                    options: "BaseModel | None" = None) -> "Oracle":
+        """The oracle a run's config asks for (``truth``: the data's ground-truth Parquet;
+        ``options``: its validated ``Options``, or None when it has none)."""
 
     def check(self, pool: Pool, num_classes: int) -> None:
         """Raise a RaydalError before any label is bought when this oracle cannot answer for
         ``pool`` (default: nothing to check)."""
+
+    def check_reachable(self) -> None:
+        """Raise a RaydalError within seconds when a service it needs does not answer (checked
+        before Ray starts; default: nothing to check)."""
 
     @abc.abstractmethod
     def ask(self, request: LabelRequest) -> Answer:
@@ -87,36 +110,49 @@ class Oracle(abc.ABC):
         (e.g. create tasks twice)."""
 
 
-_REGISTRY: dict[str, type[Oracle]] = {}
+def _check_oracle(name: str, cls: Any) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, Oracle)):
+        raise ConfigError(f"oracle {name!r}: expected a subclass of raydal.oracle.Oracle, got "
+                          f"{cls!r:.80}")
+
+
+def _adopt_oracle(name: str, cls: Any) -> None:
+    register_oracle(name)(cls)
+
+
+#: The oracles: built-in ones, ``@register_oracle`` ones and entry points of group
+#: ``raydal.oracles``.
+ORACLES: Registry[type[Oracle]] = Registry(
+    "oracle", "raydal.oracles", builtin=("raydal.labelstudio",), adopt=_adopt_oracle,
+    check=_check_oracle)
 
 
 def register_oracle(name: str) -> Callable[[type[Oracle]], type[Oracle]]:
-    """Class decorator: make the oracle available as ``loop.oracle: name``."""
+    """Class decorator: make the oracle available as ``loop.oracle: name``; ConfigError (a
+    ValueError) for a name another oracle has."""
     def register(cls: type[Oracle]) -> type[Oracle]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"oracle {name!r} is already registered by {_REGISTRY[name]}")
+        ORACLES.register(name, cls)
         cls.name = name
-        _REGISTRY[name] = cls
         return cls
     return register
 
 
 def list_oracles() -> list[str]:
-    _load_builtin()
-    return sorted(_REGISTRY)
+    return ORACLES.names()
+
+
+def oracle_options(cls: type[Oracle], raw: dict[str, Any] | None,
+                   field: str = "loop.oracle_options") -> "BaseModel | None":
+    """``raw`` validated by ``cls.Options`` (None for an oracle without options, which refuses
+    any); ConfigError naming each bad key under ``field``."""
+    return validate_options(cls.Options, raw, field, f"oracle {cls.name!r}")
 
 
 def create_oracle(config: "RunConfig", truth: str | None) -> Oracle:
-    """The oracle named by ``config.loop.oracle``; ValueError with a hint for unknown names."""
-    name = config.loop.oracle
-    if name not in list_oracles():
-        raise ValueError(f"unknown oracle {name!r}; expected one of {list_oracles()}."
-                         + suggest(name, list_oracles()))
-    return _REGISTRY[name].from_config(config, truth)
-
-
-def _load_builtin() -> None:
-    import raydal.labelstudio  # noqa: F401  (registers "labelstudio"; the SDK loads lazily)
+    """The oracle named by ``config.loop.oracle`` with its options; ConfigError (with the
+    close names) for an unknown one."""
+    cls = ORACLES.get(config.loop.oracle, "loop.oracle")
+    return cls.from_config(config, truth, oracle_options(cls, config.loop.oracle_options))
 
 
 @register_oracle("simulated")
@@ -128,7 +164,16 @@ class SimulatedOracle(Oracle):
         self.location = resolve(truth_path)
 
     @classmethod
-    def from_config(cls, config: "RunConfig", truth: str | None) -> "SimulatedOracle":
+    def check_config(cls, config: "RunConfig", options: None) -> None:
+        if config.data.dataset is None and not config.data.truth:
+            raise ConfigError("data.truth is missing: the simulated oracle needs ground truth "
+                              "(id, label) Parquet; set data.truth or use loop.oracle: file")
+
+    @classmethod
+    def from_config(cls, config: "RunConfig", truth: str | None,
+                    options: None = None) -> "SimulatedOracle":
+        if truth is None:
+            cls.check_config(config, options)
         return cls(truth)
 
     def ask(self, request: LabelRequest) -> Answer:
@@ -157,7 +202,6 @@ def check_truth(truth: Where, pool: Pool, num_classes: int) -> None:
     """ConfigError unless Parquet ``truth`` (id, label) holds an integer label in
     ``[0, num_classes)`` for every id of ``pool``. Ids are compared as strings (as the oracle
     reads them); when some are missing and the id types differ, the message says so."""
-    from raydal.errors import ConfigError
     where = f"data.truth {truth}"
     try:
         loc = resolve(truth)
@@ -183,15 +227,15 @@ def check_truth(truth: Where, pool: Pool, num_classes: int) -> None:
                           f"[0, {num_classes}) (e.g. {examples}); fix the labels or "
                           "data.num_classes")
     known = pc.cast(ids, pa.string())
-    missing, total, pool_type = [], 0, None
-    for chunk in pool.iter_batches(["id"]):
-        pool_ids = pc.cast(chunk.column(0), pa.string())
-        pool_type = chunk.schema.field(0).type
+    missing, total = [], 0
+    for chunk in pool.iter_ids():  # ids as strings, as the oracle reads them
+        pool_ids = pa.array(chunk, pa.string())
         total += len(pool_ids)
         missing += pc.filter(pool_ids, pc.invert(pc.is_in(pool_ids, value_set=known))).to_pylist()
     if missing:
-        hint = (f" (the pool's ids are {pool_type}, the truth's {ids.type}: e.g. pool id "
-                f"{missing[0]!r}, truth id {ids[0].as_py()!r})" if pool_type != ids.type else "")
+        hint = (f" (the pool's ids are string, the truth's {ids.type}: e.g. pool id "
+                f"{missing[0]!r}, truth id {ids[0].as_py()!r})"
+                if not pa.types.is_string(ids.type) and len(ids) else "")
         raise ConfigError(f"{where} has no label for {len(missing)} of the {total} ids of pool "
                           f"{pool.path} (e.g. {missing[:3]}){hint}; give a truth file with "
                           "every pool id, or use loop.oracle: file to label them yourself")
@@ -203,7 +247,8 @@ class FileOracle(Oracle):
     appends them itself, so this oracle only ever answers "not yet"."""
 
     @classmethod
-    def from_config(cls, config: "RunConfig", truth: str | None) -> "FileOracle":
+    def from_config(cls, config: "RunConfig", truth: str | None,
+                    options: None = None) -> "FileOracle":
         return cls()
 
     def ask(self, request: LabelRequest) -> Answer:

@@ -6,30 +6,40 @@ pyarrow filesystem URI (``raydal.fs``). A Pool is only a reference to files: it 
 (``to_dataset`` for Ray Data, ``iter_batches`` locally) and is never loaded whole into one
 process; images are decoded where they are used, never here.
 
-What a pool source provides (select, train and the oracles use nothing else; a source that is
-not Parquet -- an image folder read in place, WebDataset shards -- subclasses Pool and
-overrides these, README "Custom pools"):
+What a pool source provides is ``PoolSource`` (select, train, the loop and the oracles use
+nothing else; docs/custom-pools.md). A source implements three members and inherits the rest:
 
-    path                 str: where the pool is, for messages and the shared-path check
-    columns              the columns ``to_dataset`` and ``take`` give: ["id", image column]
-    image_column         "image" (encoded bytes) or "path" (a local path or URI per row)
-    to_dataset(columns)  a streaming ray.data.Dataset of ``columns`` (plus "label" when asked
-                         for, in a test set)
-    image_inputs(batch)  (images, paths) of a batch of ``to_dataset`` or of ``take``: the one
-                         place that turns rows into encoded bytes or paths
-    decode(batch, spec)  those rows decoded for a model (select and train call this)
+    to_dataset(columns)  a streaming ray.data.Dataset of ``columns`` (["id", image column], plus
+                         "label" when asked for, in a test set)
     take(ids)            a pyarrow Table (id as string, image column) of the rows of ``ids``
     iter_ids()           the ids in chunks (lists of str)
+
+and may override what it knows better than the defaults built on those three:
+
+    path                 str: where the pool is, for messages and the shared-path check
+    image_column         "image" (encoded bytes, the default) or "path" (a local path or URI)
+    columns              ["id", image column]
+    image_inputs(batch)  (images, paths) of a batch of ``to_dataset`` or of ``take``
+    decode(batch, spec)  those rows decoded for a model (select and train call this)
     missing_ids(ids)     the ids of ``ids`` not in the pool, sorted
     check_ids()          PoolError on null or duplicate ids; returns the row count
-    num_rows, num_bytes  row count; stored size in bytes (sizes Ray Data's blocks)
+    num_rows, num_bytes  row count; stored size in bytes (sizes Ray Data's blocks; 0: unknown)
     image_shape          (height, width, channels) shared by every image, or None if unknown
     input_spec()         the InputSpec those images give a model, or None if unknown
+    fingerprint()        JSON of what the pool's content depends on (files, sizes, times), or
+                         None: the loop checks the ids again only when it changes
+    subsample(n, seed, path)  a seeded n-row Parquet copy (a ``Pool``)
+    close()              delete what the source made for itself
+
+``Pool`` is the Parquet source (``parquet``); ``raydal.webdataset.WebDatasetPool`` reads a folder
+of WebDataset tar shards (``webdataset``). Sources are registered by name (``register_pool``, or
+an entry point of group ``raydal.pools``), so a config names them as ``data.pool_format``.
 
 A Pool pickles (it is sent to Ray tasks), so a source keeps only picklable state.
 """
 from __future__ import annotations
 
+import abc
 import atexit
 import json
 import os
@@ -38,7 +48,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -48,8 +58,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raydal.datasets import images_table
-from raydal.errors import PoolError, one_line
+from raydal.errors import ConfigError, PoolError, one_line
 from raydal.fs import Location, Where, resolve
+from raydal.registry import Registry
 from raydal.storage import atomic_write, atomic_write_parquet
 
 #: Temporary pool folders made by this process (deleted by Pool.close or at exit).
@@ -89,8 +100,150 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 IMAGE_SHAPE_KEY = b"raydal.image_shape"
 
 
-class Pool:
-    """Reference to a Parquet pool (one file or a folder of files).
+class PoolSource(abc.ABC):
+    """An unlabeled image pool with stable, unique string ids (the module docstring lists what a
+    source provides). A subclass implements ``to_dataset``, ``take`` and ``iter_ids``, sets
+    ``path`` (``PoolSource.__init__`` does) and ``image_column``, and overrides any default it
+    can do better (``num_rows``, ``missing_ids``, ``fingerprint``, ...).
+
+    Registered sources are opened from a config by ``open_pool(path, format, options)``:
+    ``Options`` is the source's options model (a pydantic model, ``data.pool_options``) or None,
+    and ``detect(location)`` says whether a location with no format given is this source's.
+    A source pickles (it is sent to Ray tasks): keep only picklable state.
+    """
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type | None] = None
+    image_column: str = "image"
+
+    def __init__(self, path: Where):
+        self.path = str(where(path, "pool"))
+
+    @classmethod
+    def open(cls, path: Where, options: Any = None) -> "PoolSource":
+        """The source at ``path`` with its validated ``options`` (None when it has none)."""
+        return cls(path) if options is None else cls(path, options)
+
+    @classmethod
+    def detect(cls, location: Location) -> bool:
+        """Whether ``location`` (with no ``pool_format`` given) holds this source's files."""
+        return False
+
+    # ---- what a source implements ------------------------------------------------------------
+    @abc.abstractmethod
+    def to_dataset(self, columns: Sequence[str] | None = None, **read_args):
+        """A streaming ``ray.data.Dataset`` of ``columns`` (default ``self.columns``)."""
+
+    @abc.abstractmethod
+    def take(self, ids: Iterable[str]) -> pa.Table:
+        """The rows of ``ids`` that the pool has: ``id`` (string) and the image column."""
+
+    @abc.abstractmethod
+    def iter_ids(self, batch_size: int = 65536) -> Iterator[list[str]]:
+        """Every id, as strings, in chunks of at most ``batch_size``."""
+
+    # ---- defaults built on those -------------------------------------------------------------
+    def __enter__(self) -> "PoolSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Delete what the source made for itself (default: nothing)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.path!r})"
+
+    @property
+    def columns(self) -> list[str]:
+        return ["id", self.image_column]
+
+    @property
+    def num_rows(self) -> int:
+        return sum(len(chunk) for chunk in self.iter_ids())
+
+    @property
+    def num_bytes(self) -> int:
+        """Stored size in bytes; 0 when unknown (Ray Data then sizes blocks by rows)."""
+        return 0
+
+    @property
+    def image_shape(self) -> tuple[int, int, int] | None:
+        """(height, width, channels) of every image when the pool knows it, else None."""
+        return None
+
+    def fingerprint(self) -> Any:
+        """JSON-able value that changes when the pool's content does (None: unknown, the ids
+        are checked on every run)."""
+        return None
+
+    def input_spec(self):
+        """``InputSpec(channels, size)`` that feeds the images to a model as they are (no
+        resize), when every image has one known square shape with 1 or 3 channels; else None."""
+        from raydal.transforms import InputSpec
+        shape = self.image_shape
+        if shape is None or shape[0] != shape[1] or shape[2] not in (1, 3):
+            return None
+        return InputSpec(in_chans=shape[2], img_size=shape[0])
+
+    def image_inputs(self, batch: Mapping[str, Any] | pa.Table, keep: np.ndarray | None = None
+                     ) -> tuple[Sequence | None, Sequence | None]:
+        """(images, paths) of the rows of ``batch`` for ``transforms.decode_rows``: one is the
+        image column (encoded bytes, or paths/URIs), the other None.
+
+        batch: a numpy batch of ``to_dataset`` (column -> array) or a Table from ``take``;
+        keep: a boolean mask of the rows wanted (default all).
+        """
+        col = batch[self.image_column]
+        if isinstance(col, (pa.Array, pa.ChunkedArray)):
+            col = np.asarray(col.to_pylist(), dtype=object)
+        if keep is not None:
+            col = col[keep]
+        return (col, None) if self.image_column == "image" else (None, col)
+
+    def decode(self, batch: Mapping[str, Any] | pa.Table, spec, keep: np.ndarray | None = None
+               ) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
+        """Decode the (kept) rows of ``batch`` for a model of InputSpec ``spec``:
+        (N_ok, C, S, S) uint8, indices of the good rows, (index, reason) of the bad ones."""
+        from raydal.transforms import decode_rows
+        return decode_rows(*self.image_inputs(batch, keep), spec)
+
+    def missing_ids(self, ids: Iterable[str]) -> list[str]:
+        """The ids of ``ids`` that no row of the pool has, sorted (one scan of the ids)."""
+        wanted = set(map(str, ids))
+        for chunk in self.iter_ids():
+            wanted.difference_update(chunk)
+        return sorted(wanted)
+
+    def check_ids(self) -> int:
+        """Raise PoolError on null or duplicate ids; return the row count."""
+        seen: set[str] = set()
+        for chunk in self.iter_ids():
+            for v in chunk:
+                if v is None:
+                    raise PoolError(f"pool {self.path} has rows without an id; give every row "
+                                    "a unique id")
+                if v in seen:
+                    raise PoolError(f"pool {self.path} has duplicate id {v!r}; ids must be unique")
+                seen.add(v)
+        return len(seen)
+
+    def subsample(self, n: int, seed: int, path: Where) -> "Pool":
+        """Seeded subset of ``n`` rows written as a Parquet pool to ``path`` (kept if it already
+        exists): the rows ``take`` gives, so the ids stay the source's."""
+        if resolve(path).exists():
+            return Pool(path)
+        ids = [i for chunk in self.iter_ids() for i in chunk]
+        if n > len(ids):
+            raise PoolError(f"cannot subsample {n} rows from a pool of {len(ids)}")
+        chosen = np.random.default_rng(seed).choice(len(ids), size=n, replace=False)
+        atomic_write_parquet(path, self.take([ids[i] for i in chosen]).sort_by("id"))
+        return Pool(path)
+
+
+class Pool(PoolSource):
+    """Reference to a Parquet pool (one file or a folder of files): the ``parquet`` source.
 
     path: Parquet file or folder, a local path or a pyarrow filesystem URI (``s3://bucket/pool/``,
     ``gs://...``, ``file:///...``; options in the query, e.g. ``?endpoint_override=host:9000``).
@@ -99,7 +252,7 @@ class Pool:
     """
 
     def __init__(self, path: Where):
-        self.path = str(where(path, "pool"))
+        super().__init__(path)
         self.location = resolve(path)
         if not self.location.exists():
             raise PoolError(f"pool {self.path} does not exist")
@@ -135,12 +288,6 @@ class Pool:
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_owned_dir": None}  # a copy elsewhere owns nothing
-
-    def __enter__(self) -> "Pool":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def close(self) -> None:
         """Delete the temporary folder of a pool built without ``path=`` (else nothing)."""
@@ -182,9 +329,9 @@ class Pool:
         """Size of the Parquet files in storage."""
         return sum(f.size for f in self.files)
 
-    @property
-    def columns(self) -> list[str]:
-        return ["id", self.image_column]
+    def fingerprint(self) -> Any:
+        """The Parquet files (path, size, mtime_ns): a rewritten file changes it."""
+        return [[f.path, f.size, f.mtime_ns] for f in self.files]
 
     @property
     def image_shape(self) -> tuple[int, int, int] | None:
@@ -192,37 +339,6 @@ class Pool:
         ``from_numpy``), else None."""
         raw = (self._dataset().schema.metadata or {}).get(IMAGE_SHAPE_KEY)
         return tuple(json.loads(raw)) if raw else None
-
-    def input_spec(self):
-        """``InputSpec(channels, size)`` that feeds the images to a model as they are (no
-        resize), when every image has one known square shape with 1 or 3 channels; else None."""
-        from raydal.transforms import InputSpec
-        shape = self.image_shape
-        if shape is None or shape[0] != shape[1] or shape[2] not in (1, 3):
-            return None
-        return InputSpec(in_chans=shape[2], img_size=shape[0])
-
-    def image_inputs(self, batch: Mapping[str, Any] | pa.Table, keep: np.ndarray | None = None
-                     ) -> tuple[Sequence | None, Sequence | None]:
-        """(images, paths) of the rows of ``batch`` for ``transforms.decode_rows``: one is the
-        image column (encoded bytes, or paths/URIs), the other None.
-
-        batch: a numpy batch of ``to_dataset`` (column -> array) or a Table from ``take``;
-        keep: a boolean mask of the rows wanted (default all).
-        """
-        col = batch[self.image_column]
-        if isinstance(col, (pa.Array, pa.ChunkedArray)):
-            col = np.asarray(col.to_pylist(), dtype=object)
-        if keep is not None:
-            col = col[keep]
-        return (col, None) if self.image_column == "image" else (None, col)
-
-    def decode(self, batch: Mapping[str, Any] | pa.Table, spec, keep: np.ndarray | None = None
-               ) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
-        """Decode the (kept) rows of ``batch`` for a model of InputSpec ``spec``:
-        (N_ok, C, S, S) uint8, indices of the good rows, (index, reason) of the bad ones."""
-        from raydal.transforms import decode_rows
-        return decode_rows(*self.image_inputs(batch, keep), spec)
 
     def to_dataset(self, columns: Sequence[str] | None = None, **read_args):
         """A streaming ``ray.data.Dataset`` of (id, image|path) or of ``columns``.
@@ -417,3 +533,62 @@ def labels_from_folder_names(pool: Pool) -> tuple[pa.Table, list[str]]:
     index = {c: k for k, c in enumerate(classes)}
     return pa.table({"id": pa.array(ids, pa.string()),
                      "label": pa.array([index[n] for n in names], pa.int64())}), classes
+
+
+# ---- the registry of pool sources -------------------------------------------------------------
+def _check_pool(name: str, cls: Any) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, PoolSource)):
+        raise ConfigError(f"pool source {name!r}: expected a subclass of raydal.pool.PoolSource, "
+                          f"got {cls!r:.80}")
+
+
+def _adopt_pool(name: str, cls: Any) -> None:
+    """An entry point of group ``raydal.pools`` whose import did not register its class."""
+    register_pool(name)(cls)
+
+
+#: The pool sources: parquet, webdataset, ``@register_pool`` ones and entry points of group
+#: ``raydal.pools``.
+POOLS: Registry[type[PoolSource]] = Registry(
+    "pool source", "raydal.pools", builtin=("raydal.webdataset",), adopt=_adopt_pool,
+    check=_check_pool)
+
+
+def register_pool(name: str):
+    """Class decorator: make a ``PoolSource`` subclass available as ``data.pool_format: name``
+    (and to ``open_pool``); ConfigError for a name another source has."""
+    def register(cls: type[PoolSource]) -> type[PoolSource]:
+        POOLS.register(name, cls)
+        cls.name = name
+        return cls
+    return register
+
+
+def list_pools() -> list[str]:
+    return POOLS.names()
+
+
+register_pool("parquet")(Pool)
+
+
+def pool_format(path: Where) -> str:
+    """The registered source that claims ``path`` (``PoolSource.detect``), else parquet."""
+    location = resolve(where(path, "pool"))
+    for name in POOLS.names():
+        if name != "parquet" and POOLS.get(name).detect(location):
+            return name
+    return "parquet"
+
+
+def open_pool(path: Where | PoolSource, format: str | None = None, options: Any = None,
+              field: str = "data.pool_format") -> PoolSource:
+    """The pool at ``path`` read by registered source ``format`` (None: ``pool_format(path)``)
+    with its ``options`` (a mapping checked by the source's options model); a PoolSource is
+    returned as it is. ConfigError for an unknown format or bad options, naming ``field``."""
+    if isinstance(path, PoolSource):
+        return path
+    from raydal.options import validate_options
+    cls = POOLS.get(format or pool_format(path), field)
+    opts = validate_options(cls.Options, options, field.replace("format", "options"),
+                            f"pool source {cls.name!r}")
+    return cls.open(path, opts)

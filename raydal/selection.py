@@ -55,7 +55,7 @@ from raydal.merge import (BALANCES, RunningClassTopK, RunningTopK, StreamingBala
                           StreamingTopK, class_counts)
 from raydal.fs import Location, resolve
 from raydal.models import ModelSpec, checkpoint_exists, load_checkpoint, read_checkpoint_meta
-from raydal.pool import Pool
+from raydal.pool import Pool, PoolSource, open_pool
 from raydal.resources import schedulable, selection_demand
 from raydal.scoring.base import Strategy, create_strategy
 from raydal.scoring.diversity import SetStrategy, StreamingCandidates, features_from_bytes
@@ -564,7 +564,7 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
         connect()
     demand = selection_demand(num_actors, num_cpus_per_actor, num_gpus_per_actor, pipeline)
     with schedulable([demand], resource_wait_s):  # nodes an autoscaler adds stay until the end
-        pool = pool if isinstance(pool, Pool) else Pool(pool)
+        pool = pool if isinstance(pool, PoolSource) else open_pool(pool)  # any pool source
         pool.check_ids()  # a null or duplicate id would be picked as "None" or be ambiguous
         # no more picks than rows: a budget beyond int64 would overflow the balanced quotas
         k = min(budget, max(pool.num_rows, 1))

@@ -77,6 +77,8 @@ def strategy_options(text: str) -> dict[str, Any]:
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The selection's command-line arguments (the same for the CLI and the job)."""
     p.add_argument("--pool", required=True, help="Parquet pool (file or folder): id, image|path")
+    p.add_argument("--pool-format", help="a registered pool source (parquet, webdataset, ...); "
+                   "default: webdataset for a folder of .tar shards, else parquet")
     p.add_argument("--checkpoint", help="raydal checkpoint folder (model.safetensors + meta.json);"
                    " not needed by the random strategy")
     p.add_argument("--strategy", default="dynamicAL", help="registered strategy name")
@@ -159,7 +161,8 @@ def run_selection(args: argparse.Namespace) -> dict[str, Any]:
 
     labeled = read_labeled(args.labels)  # wrong arguments fail before any cluster starts
     strategy = check_arguments(args, labeled)
-    pool = raydal.Pool(args.pool)
+    from raydal.pool import open_pool
+    pool = open_pool(args.pool, getattr(args, "pool_format", None), field="--pool-format")
     _connect(args.address, log_to_driver=args.progress)
     sel = raydal.select(pool, args.checkpoint, strategy, args.budget,
                         labeled=labeled,

@@ -1,5 +1,6 @@
 """A pool source that is not Parquet (an image folder read in place) plugs into select and
-train's decoding without touching them: it provides what raydal.pool's docstring lists."""
+train's decoding without touching them: a PoolSource that implements to_dataset, take and
+iter_ids."""
 import sys
 from pathlib import Path
 
@@ -11,18 +12,21 @@ from PIL import Image
 
 import raydal
 from raydal.models import ModelSpec, create_model
-from raydal.pool import Pool
+from raydal.pool import Pool, PoolSource
 from raydal.train import decoded_dataset
 
 pytestmark = pytest.mark.integration
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
 
 
-class FolderPool(Pool):
-    """The PNG files under a local folder, read where they are (no Parquet file is written)."""
+class FolderPool(PoolSource):
+    """The PNG files under a local folder, read where they are (no Parquet file is written):
+    the three members a source must implement, everything else inherited."""
+
+    image_column = "path"
 
     def __init__(self, folder: Path):
-        self.path, self.image_column, self._owned_dir = str(folder), "path", None
+        super().__init__(folder)
         self._rows = sorted((p.relative_to(folder).as_posix(), str(p))
                             for p in Path(folder).rglob("*.png"))
 
@@ -38,25 +42,6 @@ class FolderPool(Pool):
 
     def iter_ids(self, batch_size: int = 65536):
         yield [i for i, _ in self._rows]
-
-    def missing_ids(self, ids):
-        have = {i for i, _ in self._rows}
-        return sorted(set(map(str, ids)) - have)
-
-    def check_ids(self) -> int:
-        return len(self._rows)
-
-    @property
-    def num_rows(self) -> int:
-        return len(self._rows)
-
-    @property
-    def num_bytes(self) -> int:
-        return sum(Path(p).stat().st_size for _, p in self._rows)
-
-    @property
-    def image_shape(self):
-        return None
 
 
 @pytest.mark.timeout(600)

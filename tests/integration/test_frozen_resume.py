@@ -31,10 +31,10 @@ def test_resumed_run_keeps_the_frozen_pretrained_backbone(ray_cluster, fashion_m
     weights = tmp_path / "backbone.safetensors"
     save_file(saved, str(weights))
     run_dir = tmp_path / "run"
-    ActiveLoop(probe_config(fashion_mnist, run_dir, weights, rounds=0)).run()
+    ActiveLoop.from_config(probe_config(fashion_mnist, run_dir, weights, rounds=0)).run()
     with pytest.raises(ConfigError, match="different model"):
-        ActiveLoop(probe_config(fashion_mnist, run_dir, weights, 1, freeze="none")).run()
-    rows = ActiveLoop(probe_config(fashion_mnist, run_dir, weights, rounds=1)).run()
+        ActiveLoop.from_config(probe_config(fashion_mnist, run_dir, weights, 1, freeze="none")).run()
+    rows = ActiveLoop.from_config(probe_config(fashion_mnist, run_dir, weights, rounds=1)).run()
     assert [r["num_labeled"] for r in rows] == [30, 50]
     heads = []
     for r in (0, 1):

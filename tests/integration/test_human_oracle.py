@@ -22,7 +22,7 @@ def test_export_import_continue(ray_cluster, fashion_mnist, tmp_path, capsys):
         "model": {"name": "test_resnet", "in_chans": 1, "img_size": 32},
         "loop": {"initial": 20, "per_round": 10, "rounds": 0, "oracle": "file"},
         "training": {"epochs": 2, "batch_size": 16}})
-    assert ActiveLoop(cfg).run() == []  # stops: nothing is labeled yet
+    assert ActiveLoop.from_config(cfg).run() == []  # stops: nothing is labeled yet
     exported = run_dir / "to_label" / "round-0000.csv"
     assert json.loads((run_dir / "state.json").read_text())["phase"] == "awaiting_labels"
     rows = list(csv.DictReader(exported.open()))
@@ -52,5 +52,5 @@ def test_export_import_continue(ray_cluster, fashion_mnist, tmp_path, capsys):
     assert LabelLog(run_dir / "labels").labels() == {r["id"]: truth[r["id"]] for r in rows}
     assert main(["import-labels", str(run_dir), str(good)]) == 2  # no round waits any more
 
-    result = ActiveLoop(cfg).run()
+    result = ActiveLoop.from_config(cfg).run()
     assert [r["num_labeled"] for r in result] == [20]

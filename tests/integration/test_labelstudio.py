@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from raydal.build import check_config
 from raydal.config import parse_config
 from raydal.errors import ConfigError, OracleError
 from raydal.labels import LabelLog
@@ -77,24 +78,27 @@ def config(data, run_dir, url, project="raydal round trip", **labelstudio):
         "data": {"dataset": None, "pool": str(data / "pool.parquet"),
                  "test": str(data / "test.parquet"), "num_classes": 3, "class_names": CLASSES},
         "model": {"name": "test_resnet", "in_chans": 1, "img_size": 32},
-        "loop": {"initial": 8, "per_round": 4, "rounds": 0, "oracle": "labelstudio"},
-        "labelstudio": {"url": url, "project": project, "api_key_env": KEY_ENV, **labelstudio},
+        "loop": {"initial": 8, "per_round": 4, "rounds": 0, "oracle": "labelstudio",
+                 "oracle_options": {"url": url, "project": project, "api_key_env": KEY_ENV,
+                                    **labelstudio}},
         "training": {"epochs": 1, "batch_size": 8}})
 
 
 def test_a_key_in_the_config_file_is_refused_and_never_echoed():
+    """The oracle's own options model (LabelStudioOptions) refuses them in the build step."""
     base = {"dataset": None, "pool": "p", "test": "t", "num_classes": 3}
+
+    def check(options):
+        check_config(parse_config({"data": base, "loop": {"oracle": "labelstudio",
+                                                          "oracle_options": options}}))
     with pytest.raises(ConfigError, match="never read from the config file") as e:
-        parse_config({"data": base, "loop": {"oracle": "labelstudio"},
-                      "labelstudio": {"url": "http://x", "project": 1, "api_key": "s3cr3t"}})
+        check({"url": "http://x", "project": 1, "api_key": "s3cr3t"})
     assert "s3cr3t" not in str(e.value)
     with pytest.raises(ConfigError, match="NAME of an environment variable") as e:
-        parse_config({"data": base, "loop": {"oracle": "labelstudio"},
-                      "labelstudio": {"url": "http://x", "project": 1,
-                                      "api_key_env": "0f3a9c77e1"}})
+        check({"url": "http://x", "project": 1, "api_key_env": "0f3a9c77e1"})
     assert "0f3a9c77e1" not in str(e.value)
-    with pytest.raises(ConfigError, match="needs a labelstudio section"):
-        parse_config({"data": base, "loop": {"oracle": "labelstudio"}})
+    with pytest.raises(ConfigError, match="needs loop.oracle_options with url, project"):
+        check({})
 
 
 def _answer(client, task_id, choice):
@@ -118,7 +122,7 @@ def test_round_trip_waits_for_every_pick_then_continues(ray_cluster, data, label
     cfg = config(data, run_dir, url)
     client = LabelStudio(base_url=url, api_key=key)
 
-    assert ActiveLoop(cfg).run() == []  # round 0's 8 picks become 8 tasks; nothing labeled
+    assert ActiveLoop.from_config(cfg).run() == []  # round 0's 8 picks become 8 tasks; nothing labeled
     record = json.loads((run_dir / "labelstudio" / "round-0000.json").read_text())
     project, tasks = record["project"], record["tasks"]
     picks = pq.read_table(run_dir / "selections" / "round-0000.parquet").column("id").to_pylist()
@@ -135,7 +139,7 @@ def test_round_trip_waits_for_every_pick_then_continues(ray_cluster, data, label
     # a run killed after the import but before the record: found again, not made twice
     (run_dir / "labelstudio" / "round-0000.json").write_text(
         json.dumps({**record, "tasks": {}}))
-    assert ActiveLoop(cfg).run() == []  # 5 of 8 answered: wait, write nothing
+    assert ActiveLoop.from_config(cfg).run() == []  # 5 of 8 answered: wait, write nothing
     assert "3 of 8 picks are not labeled yet" in capsys.readouterr().out
     assert LabelLog(run_dir / "labels").rounds() == []
     assert len(list(client.tasks.list(project=project))) == 8
@@ -143,7 +147,7 @@ def test_round_trip_waits_for_every_pick_then_continues(ray_cluster, data, label
 
     for i in sorted(picks)[5:]:
         _answer(client, tasks[i], CLASSES[answers[i]])
-    rows = ActiveLoop(cfg).run()
+    rows = ActiveLoop.from_config(cfg).run()
     assert [r["num_labeled"] for r in rows] == [8]
     assert LabelLog(run_dir / "labels").labels() == answers
     out = capsys.readouterr()
@@ -157,9 +161,9 @@ def test_a_wrong_key_or_a_missing_variable_is_one_redacted_line(ray_cluster, dat
     wrong = secrets.token_hex(20)
     monkeypatch.setenv(KEY_ENV, wrong)
     with pytest.raises(OracleError) as e:
-        ActiveLoop(config(data, tmp_path / "run", url)).run()
+        ActiveLoop.from_config(config(data, tmp_path / "run", url)).run()
     assert "Label Studio at" in str(e.value) and wrong not in str(e.value)
     assert "\n" not in str(e.value)
     monkeypatch.delenv(KEY_ENV)
     with pytest.raises(OracleError, match=f"environment variable {KEY_ENV} is not set"):
-        ActiveLoop(config(data, tmp_path / "run2", url)).run()
+        ActiveLoop.from_config(config(data, tmp_path / "run2", url)).run()

@@ -34,7 +34,7 @@ def small_config(fashion_mnist, run_dir, **loop):
 @pytest.fixture(scope="module")
 def finished_run(ray_cluster, fashion_mnist, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("loop") / "run"
-    rows = ActiveLoop(small_config(fashion_mnist, run_dir)).run()
+    rows = ActiveLoop.from_config(small_config(fashion_mnist, run_dir)).run()
     return run_dir, rows
 
 
@@ -63,14 +63,14 @@ def test_two_round_loop_writes_every_record(finished_run):
 def test_rerunning_a_finished_run_changes_nothing(finished_run, fashion_mnist):
     run_dir, rows = finished_run
     before = {p: p.stat().st_mtime_ns for p in (run_dir / "labels").iterdir()}
-    assert ActiveLoop(small_config(fashion_mnist, run_dir)).run() == rows
+    assert ActiveLoop.from_config(small_config(fashion_mnist, run_dir)).run() == rows
     assert before == {p: p.stat().st_mtime_ns for p in (run_dir / "labels").iterdir()}
 
 
 def test_resume_refuses_a_different_config(finished_run, fashion_mnist):
     run_dir, _ = finished_run
     with pytest.raises(ConfigError, match="different loop.per_round"):
-        ActiveLoop(small_config(fashion_mnist, run_dir, per_round=31)).run()
+        ActiveLoop.from_config(small_config(fashion_mnist, run_dir, per_round=31)).run()
 
 
 @pytest.mark.parametrize("phase", ["selected-0", "train-0-evaluating", "select-1",
@@ -94,7 +94,7 @@ def test_driver_killed_in_any_phase_resumes_with_nothing_lost(
     selection = target.read_bytes() if target.exists() else None
     assert (selection is None) == (phase in ("selected-0", "train-0-evaluating", "select-1"))
 
-    rows = ActiveLoop(cfg).run()  # resume in this process
+    rows = ActiveLoop.from_config(cfg).run()  # resume in this process
     if selection is not None:
         assert target.read_bytes() == selection  # a written selection is reused, not redone
     labels = LabelLog(run_dir / "labels").table()
@@ -122,5 +122,5 @@ def test_a_deleted_earlier_label_file_is_refused_not_bought_again(finished_run, 
     (run_dir / "labels" / "round-0000.parquet").unlink()
     (run_dir / "state.json").unlink()  # the check does not depend on the progress note
     with pytest.raises(RunDirError, match=r"lost the labels of round\(s\) \[0\].*restore"):
-        ActiveLoop(small_config(fashion_mnist, run_dir)).run()
+        ActiveLoop.from_config(small_config(fashion_mnist, run_dir)).run()
     assert LabelLog(run_dir / "labels").rounds() == [1]

@@ -208,7 +208,7 @@ def test_loop_job_on_s3_runs_on_the_worker_nodes_and_matches_one_node(
     # The same config on one node (the session's local cluster), its run dir on S3 too.
     t1 = time.monotonic()
     one_dir = resolve(s3_data["root"]) / "runs" / "one-node"
-    ActiveLoop(parse_config(loop_config(s3_data, str(one_dir)))).run()
+    ActiveLoop.from_config(parse_config(loop_config(s3_data, str(one_dir)))).run()
     one_s = time.monotonic() - t1
     one = LabelLog(one_dir / "labels").table()
     print(f"loop job on 2 worker nodes {job_s:.1f} s; same loop on one node {one_s:.1f} s")

@@ -72,13 +72,13 @@ def loop_config(fashion_mnist, run_dir, rounds):
 def test_loop_with_its_run_directory_on_s3_resumes(ray_cluster, s3_bucket, fashion_mnist,
                                                    capsys):
     run_dir = resolve(s3_bucket) / "runs" / "x"
-    first = ActiveLoop(loop_config(fashion_mnist, str(run_dir), rounds=0)).run()
+    first = ActiveLoop.from_config(loop_config(fashion_mnist, str(run_dir), rounds=0)).run()
     assert [r["num_labeled"] for r in first] == [40]
     round0 = LabelLog(run_dir / "labels").table()
     assert checkpoint_exists(run_dir / "checkpoints" / "round-0000")
     assert not (run_dir / ".lease.json").exists()  # released
     # resume with one more round: round 0 is reused, round 1 selected from the s3 checkpoint
-    rows = ActiveLoop(loop_config(fashion_mnist, str(run_dir), rounds=1)).run()
+    rows = ActiveLoop.from_config(loop_config(fashion_mnist, str(run_dir), rounds=1)).run()
     assert [r["num_labeled"] for r in rows] == [40, 70] and rows[0] == first[0]
     labels = LabelLog(run_dir / "labels").table()
     ids = labels.column("id").to_pylist()

@@ -60,7 +60,7 @@ def test_a_users_folder_is_refused_before_anything_is_written(ray_cluster, data,
     (victim / "notes.md").write_text("mine")
     before = snapshot(victim)
     with pytest.raises(RunDirError, match="not a raydal run directory.*choose a new or empty"):
-        ActiveLoop(config(data, victim)).run()
+        ActiveLoop.from_config(config(data, victim)).run()
     assert snapshot(victim) == before and sorted(p.name for p in victim.iterdir()) == [
         "data", "notes.md"]
     cfg = tmp_path / "cfg.yaml"
@@ -75,9 +75,9 @@ def test_user_files_in_every_folder_survive_a_whole_run(ray_cluster, data, tmp_p
     run_dir = tmp_path / "run"
     # a first run that fails before buying anything removes what it wrote, and only that
     with pytest.raises(PoolError, match="does not exist"):
-        ActiveLoop(config(data, run_dir, pool="missing.parquet")).run()
+        ActiveLoop.from_config(config(data, run_dir, pool="missing.parquet")).run()
     assert not run_dir.exists()
-    assert ActiveLoop(config(data, run_dir, oracle="file")).run() == []  # round 0 exported
+    assert ActiveLoop.from_config(config(data, run_dir, oracle="file")).run() == []  # round 0 exported
     mine = plant(run_dir)
     (run_dir / "ray_train" / "round-0000-123").mkdir()  # a killed attempt's leftovers: raydal's
     picks = pq.read_table(run_dir / "selections" / "round-0000.parquet").column("id").to_pylist()
@@ -85,7 +85,7 @@ def test_user_files_in_every_folder_survive_a_whole_run(ray_cluster, data, tmp_p
     (tmp_path / "answers.csv").write_text(
         "id,label\n" + "".join(f"{i},{truth[i]}\n" for i in picks))
     assert main(["import-labels", str(run_dir), str(tmp_path / "answers.csv")]) == 0
-    rows = ActiveLoop(config(data, run_dir, oracle="file")).run()
+    rows = ActiveLoop.from_config(config(data, run_dir, oracle="file")).run()
     assert [r["round"] for r in rows] == [0]
     after = snapshot(run_dir)
     assert {k: after.get(k) for k in mine} == mine
@@ -97,7 +97,7 @@ def test_a_config_change_before_any_label_keeps_user_files(ray_cluster, data, tm
     claim(resolve(run_dir))
     mine = plant(run_dir)
     (run_dir / "data" / "pool_check.json").write_text("{}")  # raydal's record of an old pool
-    assert ActiveLoop(config(data, run_dir, oracle="file")).run() == []
+    assert ActiveLoop.from_config(config(data, run_dir, oracle="file")).run() == []
     assert {k: snapshot(run_dir).get(k) for k in mine} == mine
     assert (run_dir / "data" / "pool_check.json").read_text() != "{}"  # made again
 

@@ -66,8 +66,8 @@ def test_loop_is_tracked_in_mlflow_and_tensorboard(ray_cluster, fashion_mnist, r
         "training": {"epochs": 2, "batch_size": 16},
         "tracking": {"mlflow": server or True, "tensorboard": True, "experiment": "raydal-test"},
     })
-    rows = ActiveLoop(cfg).run()
-    ActiveLoop(cfg).run()  # resumed when finished: logs nothing twice
+    rows = ActiveLoop.from_config(cfg).run()
+    ActiveLoop.from_config(cfg).run()  # resumed when finished: logs nothing twice
     record = json.loads((run_dir / "tracking.json").read_text())
     assert record["logged_rounds"] == [0, 1] and record["mlflow_uri"] == uri
 

@@ -55,12 +55,12 @@ def test_more_actor_cpus_than_the_cluster_is_refused_in_seconds(ray_cluster, dat
                                 "3 CPU in all")]:
         t0 = time.perf_counter()
         with pytest.raises(ResourceError, match="cannot place") as err:
-            ActiveLoop(config(data, tmp_path / "run", selection=selection)).run()
+            ActiveLoop.from_config(config(data, tmp_path / "run", selection=selection)).run()
         assert numbers in str(err.value) and "1 node: 2 CPU" in str(err.value)
         assert time.perf_counter() - t0 < 30
         assert not (tmp_path / "run").exists()  # a failed first run leaves nothing behind
     with pytest.raises(ResourceError, match="training.num_workers=3"):
-        ActiveLoop(config(data, tmp_path / "run", training={"num_workers": 3})).run()
+        ActiveLoop.from_config(config(data, tmp_path / "run", training={"num_workers": 3})).run()
     t0 = time.perf_counter()  # an autoscaling cluster's wait is bounded, then refused
     with pytest.raises(ResourceError, match=r"after waiting \d+s"):
         select(data / "pool.parquet", None, "random", 5, num_actors=8, input_spec=SPEC,
@@ -74,10 +74,10 @@ def test_a_pool_of_undecodable_images_stops_before_anything_is_committed(ray_clu
     run_dir.mkdir()  # made by the user: kept, and reusable
     with pytest.raises(SelectionError, match=r"none of the 60 unlabeled images .*\(60 x cannot "
                                              r"decode image.*nothing was selected"):
-        ActiveLoop(config(data, run_dir, pool="garbage.parquet")).run()
+        ActiveLoop.from_config(config(data, run_dir, pool="garbage.parquet")).run()
     assert not (run_dir / "selections").exists() and not (run_dir / "labels").exists()
     # the pool fixed (here: pointed at a good one), the same run directory works
-    assert ActiveLoop(config(data, run_dir)).run() == []
+    assert ActiveLoop.from_config(config(data, run_dir)).run() == []
     assert (run_dir / "to_label" / "round-0000.csv").exists()
 
 
@@ -85,10 +85,10 @@ def test_a_failed_first_run_does_not_lock_its_config(ray_cluster, data, tmp_path
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     with pytest.raises(PoolError, match="does not exist"):
-        ActiveLoop(config(data, run_dir, pool="missing.parquet")).run()
-    assert ActiveLoop(config(data, run_dir)).run() == []  # corrected: runs, picks exported
+        ActiveLoop.from_config(config(data, run_dir, pool="missing.parquet")).run()
+    assert ActiveLoop.from_config(config(data, run_dir)).run() == []  # corrected: runs, picks exported
     with pytest.raises(ConfigError, match="different data.*delete this one to start over"):
-        ActiveLoop(config(data, run_dir, pool="garbage.parquet")).run()  # now something is
+        ActiveLoop.from_config(config(data, run_dir, pool="garbage.parquet")).run()  # now something is
 
 
 def _label_round_0(run_dir, data):
@@ -101,12 +101,12 @@ def test_a_deleted_label_file_is_refused_never_bought_again(ray_cluster, data, t
     run_dir = tmp_path / "run"
     cfg = config(data, run_dir, loop={"oracle": "simulated"})
     file_cfg = config(data, run_dir)
-    assert ActiveLoop(file_cfg).run() == []
+    assert ActiveLoop.from_config(file_cfg).run() == []
     _label_round_0(run_dir, data)
     (run_dir / "labels" / "round-0000.parquet").unlink()
     for c in (cfg, file_cfg):
         with pytest.raises(RunDirError, match="holds 0 labels, but 10 were bought.*restore"):
-            ActiveLoop(c).run()
+            ActiveLoop.from_config(c).run()
     assert not (run_dir / "labels" / "round-0000.parquet").exists()
 
 
@@ -115,9 +115,9 @@ def test_a_state_json_of_another_shape_is_rewritten(ray_cluster, data, tmp_path)
     the run's files, never an AttributeError."""
     import json
     run_dir = tmp_path / "run"
-    assert ActiveLoop(config(data, run_dir)).run() == []
+    assert ActiveLoop.from_config(config(data, run_dir)).run() == []
     (run_dir / "state.json").write_text("[1, 2]")
-    assert ActiveLoop(config(data, run_dir)).run() == []
+    assert ActiveLoop.from_config(config(data, run_dir)).run() == []
     assert json.loads((run_dir / "state.json").read_text())["phase"] == "awaiting_labels"
 
 
@@ -141,9 +141,9 @@ def test_a_model_that_cannot_train_stops_before_a_label_is_bought(ray_cluster, d
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     with pytest.raises(ConfigError, match=words):
-        ActiveLoop(config(data, run_dir, model=model)).run()
+        ActiveLoop.from_config(config(data, run_dir, model=model)).run()
     assert not (run_dir / "selections").exists() and not (run_dir / "labels").exists()
-    assert ActiveLoop(config(data, run_dir)).run() == []  # fixed: accepted, round 0 exported
+    assert ActiveLoop.from_config(config(data, run_dir)).run() == []  # fixed: accepted, round 0 exported
 
 
 def _truth(data, name, ids, labels):
@@ -178,11 +178,11 @@ def test_a_truth_file_that_cannot_answer_is_refused_before_a_label_is_bought(
     run_dir.mkdir()
     t0 = time.perf_counter()
     with pytest.raises(ConfigError, match=words):
-        ActiveLoop(config(data, run_dir, data={"truth": truth},
+        ActiveLoop.from_config(config(data, run_dir, data={"truth": truth},
                           loop={"oracle": "simulated"})).run()
     assert time.perf_counter() - t0 < 15
     assert not (run_dir / "selections").exists() and not (run_dir / "labels").exists()
-    rows = ActiveLoop(config(data, run_dir, loop={"oracle": "simulated"})).run()
+    rows = ActiveLoop.from_config(config(data, run_dir, loop={"oracle": "simulated"})).run()
     assert [r["num_labeled"] for r in rows] == [10]  # the right truth: round 0 bought, trained
 
 
@@ -190,7 +190,7 @@ def test_a_loop_longer_than_the_pool_is_refused_with_the_rounds_it_allows(ray_cl
                                                                           tmp_path):
     with pytest.raises(ConfigError, match=r"10 \+ 11 x 5 = 65 labels, but pool .* has 60 "
                                           r"images; set loop.rounds to at most 10"):
-        ActiveLoop(config(data, tmp_path / "run", loop={"rounds": 11})).run()
+        ActiveLoop.from_config(config(data, tmp_path / "run", loop={"rounds": 11})).run()
     assert not (tmp_path / "run").exists()
 
 
@@ -250,7 +250,7 @@ def test_an_unreachable_service_fails_the_start_in_seconds(data, tmp_path, monke
                     r"/health within 5 s", {"loop": {"oracle": "labelstudio"}, "labelstudio": {
                         "url": url, "project": 1, "api_key_env": "RAYDAL_TEST_LS_KEY"}}
             with pytest.raises(error, match=words):
-                ActiveLoop(config(data, run_dir, **sections)).run()
+                ActiveLoop.from_config(config(data, run_dir, **sections)).run()
             assert time.monotonic() - t0 < 15
             assert not run_dir.exists()
     finally:
@@ -307,7 +307,7 @@ def test_every_error_class_reaches_the_cli_as_one_line(ray_cluster, data, tmp_pa
         "NoNodeHere": None,  # needs a driver with no node: tests/integration/test_connect.py
         "BadImage": None,  # never leaves an actor: counted per image (test_select.py)
     }
-    assert ActiveLoop(config(data, tmp_path / "l")).run() == []
+    assert ActiveLoop.from_config(config(data, tmp_path / "l")).run() == []
 
     def subclasses(cls):
         return {c for s in cls.__subclasses__() for c in {s} | subclasses(s)}
@@ -496,13 +496,13 @@ def test_a_test_set_that_gives_no_true_accuracy_stops_before_training(ray_cluste
     with pytest.raises(PoolError, match=r"^none of the 20 images of test set .* can be decoded "
                                         r"\(00000000: cannot decode image: .*; and 17 more\); "
                                         r"an accuracy would be over no image: fix"):
-        ActiveLoop(cfg).run()
+        ActiveLoop.from_config(cfg).run()
     assert (run_dir / "labels" / "round-0000.parquet").exists()  # bought, kept
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "metrics.jsonl").exists()
 
     pq.write_table(with_garbage(10), test)
     with caplog.at_level(logging.WARNING, logger="raydal"):
-        rows = ActiveLoop(cfg).run()
+        rows = ActiveLoop.from_config(cfg).run()
     assert [(r["round"], r["test_count"], r["test_rows"]) for r in rows] == [(0, 10, 20),
                                                                                (1, 10, 20)]
     assert caplog.text.count("10 of the 20 images of test set") == 1, caplog.text

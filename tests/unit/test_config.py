@@ -1,6 +1,7 @@
 """Invalid configs fail before any work, naming the field, the bad value and the fix."""
 import pytest
 
+from raydal.build import check_config
 from raydal.config import ConfigError, load_config, parse_config
 
 CASES = [
@@ -10,6 +11,16 @@ CASES = [
     ({"modle": {}}, ["'modle'", "unknown key", "Did you mean 'model'"]),
     ({"model": {"name": "resnt18"}}, ["'model.name'", "unknown timm model 'resnt18'",
                                       "Did you mean"]),
+    ({"loop": {"oracle": "simulatd"}}, ["'loop.oracle'", "unknown oracle 'simulatd'",
+                                        "Did you mean 'simulated'"]),
+    ({"data": {"dataset": None, "pool": "p", "test": "t", "num_classes": 2, "truth": "t",
+               "pool_format": "webdatset"}}, ["'data.pool_format'", "unknown pool source "
+                                              "'webdatset'", "Did you mean 'webdataset'"]),
+    ({"data": {"dataset": None, "pool": "p", "test": "t", "num_classes": 2, "truth": "t",
+               "pool_format": "webdataset", "pool_options": {"image_key": ["jpg"]}}},
+     ["'data.pool_options.image_key'", "unknown key", "Did you mean 'image_keys'"]),
+    ({"data": {"dataset": None, "pool": "p", "test": "t", "num_classes": 2}},
+     ["data.truth is missing: the simulated oracle needs ground truth"]),
     ({"model": {"in_chans": 0}}, ["'model.in_chans'", "0"]),
     ({"strategy": {"name": "entropi"}}, ["'strategy'", "unknown strategy 'entropi'",
                                          "Did you mean 'entropy'"]),
@@ -22,7 +33,7 @@ CASES = [
     ({"training": {"batch_size": 1}}, ["'training.batch_size'"]),
     ({"selection": {"num_actors": 0}}, ["'selection.num_actors'"]),
     ({"selection": {"num_cpus_per_actor": 0}}, ["'selection.num_cpus_per_actor'"]),
-    ({"data": {"dataset": "cifar"}}, ["'data'", "unknown data set 'cifar'"]),
+    ({"data": {"dataset": "cifar"}}, ["'data.dataset'", "unknown data set 'cifar'"]),
     ({"data": {"dataset": None}}, ["'data'", "set data.pool"]),
     ({"data": {"pool_subsample": -5}}, ["'data.pool_subsample'", "-5"]),
     ({"seed": "abc"}, ["'seed'", "'abc'"]),
@@ -32,10 +43,36 @@ CASES = [
 
 @pytest.mark.parametrize("data, fragments", CASES)
 def test_bad_config_names_field_value_and_fix(data, fragments):
+    """Shapes and ranges fail in parse_config; names and a backend's options in the build
+    step's check_config (still before any work)."""
     with pytest.raises(ConfigError) as err:
-        parse_config(data)
+        check_config(parse_config(data))
     for fragment in fragments:
         assert fragment in str(err.value), str(err.value)
+
+
+def test_importing_the_config_imports_no_torch_nor_any_seam():
+    """config.py only composes: the names it holds are checked by raydal.build, so reading a
+    config (e.g. in a light client) loads neither torch nor a strategy, oracle or pool source."""
+    import subprocess
+    import sys
+    code = ("import sys, raydal.config; raydal.config.parse_config({}); "
+            "bad = [m for m in ('torch', 'timm', 'raydal.scoring', 'raydal.oracle', 'raydal.pool',"
+            " 'raydal.datasets', 'raydal.labelstudio', 'raydal.train') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_old_labelstudio_section_loads_with_a_deprecation_warning():
+    base = {"data": {"dataset": None, "pool": "p", "test": "t", "num_classes": 3},
+            "loop": {"oracle": "labelstudio"}}
+    with pytest.warns(DeprecationWarning, match="move its keys under loop.oracle_options"):
+        cfg = parse_config({**base, "labelstudio": {"url": "http://x/", "project": 1}})
+    assert cfg.loop.oracle_options == {"url": "http://x/", "project": 1}
+    check_config(cfg)
+    with pytest.raises(ConfigError, match="both set"):
+        parse_config({**base, "loop": {"oracle": "labelstudio", "oracle_options": {"url": "u"}},
+                      "labelstudio": {"url": "http://x/", "project": 1}})
 
 
 def test_every_bad_field_is_reported_at_once():

@@ -13,33 +13,24 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load, load_file, save_file
 
+from raydal.config import ModelConfig
 from raydal.errors import ConfigError, suggest
 from raydal.fs import Location, Where, resolve
+from raydal.specs import MIXED_PRECISION_NAMES, mixed_precision_name_problem, runtime_spec
 from raydal.storage import atomic_write_folder
 from raydal.transforms import InputSpec
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """Which timm model, for which inputs. ``kwargs`` go to ``timm.create_model``."""
-
-    name: str = "resnet18"
-    num_classes: int = 10
-    in_chans: int = 1
-    img_size: int = 32
-    mean: tuple[float, ...] = (0.5,)
-    std: tuple[float, ...] = (0.5,)
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    channel_mismatch: str = "convert"
-    pretrained_file: str | None = None  # local timm/safetensors weights, read by timm itself
-    freeze: str | tuple[str, ...] = "none"  # "none", "backbone" or parameter-name prefixes
+class _ModelSpecMethods:
+    """Which timm model, for which inputs: the ``model`` config section's fields (declared there,
+    ``raydal.config.ModelConfig``) plus ``num_classes``. ``kwargs`` go to ``timm.create_model``."""
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "ModelSpec":
         """ConfigError for a field name ModelSpec does not have (before ``__init__``'s
@@ -77,12 +68,21 @@ class ModelSpec:
         return d
 
     @classmethod
+    def of(cls, section: ModelConfig, num_classes: int) -> "ModelSpec":
+        """The spec of a validated ``model`` config section and the data's class count."""
+        return cls.from_dict({**section.model_dump(mode="json"), "num_classes": num_classes})
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
         d = dict(d)
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
         if not isinstance(d.get("freeze", "none"), str):
             d["freeze"] = tuple(d["freeze"])
         return cls(**d)  # a checkpoint older than a field gets the field's default
+
+
+ModelSpec = runtime_spec("ModelSpec", ModelConfig, _ModelSpecMethods, module=__name__,
+                         insert=(("name", "num_classes", int, 10),))
 
 
 def _spec_problem(spec: ModelSpec) -> tuple[str, str] | None:
@@ -230,7 +230,8 @@ def train_mode(model: torch.nn.Module) -> torch.nn.Module:
 
 #: ``training.mixed_precision`` values: the dtype autocast runs matmuls and convolutions in
 #: (weights, optimiser state and the loss stay float32). No fp16: it would need loss scaling.
-MIXED_PRECISION: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16}
+MIXED_PRECISION: dict[str, torch.dtype | None] = dict(zip(MIXED_PRECISION_NAMES,
+                                                           (None, torch.bfloat16)))
 
 
 def mixed_precision_problem(mixed_precision: str, device: str | torch.device | None = None
@@ -241,9 +242,9 @@ def mixed_precision_problem(mixed_precision: str, device: str | torch.device | N
     runs bfloat16: a CUDA GPU without it (before Ampere) is refused; a CPU autocasts through
     oneDNN, slowly where it lacks AVX512-BF16/AMX.
     """
-    if not isinstance(mixed_precision, str) or mixed_precision not in MIXED_PRECISION:
-        return (f"got {mixed_precision!r}; expected one of {list(MIXED_PRECISION)} (bf16: "
-                "autocast to bfloat16, no loss scaling needed; fp16 is not offered)")
+    problem = mixed_precision_name_problem(mixed_precision)
+    if problem:
+        return problem
     device = torch.device(device) if device is not None else None
     if (mixed_precision == "bf16" and device is not None and device.type == "cuda"
             and not torch.cuda.is_bf16_supported()):

@@ -12,7 +12,7 @@ import logging
 import posixpath
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -21,12 +21,14 @@ import ray
 import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from raydal.config import TrainingConfig
 from raydal.errors import PoolError
 from raydal.fs import Location, Where, redact, resolve
 from raydal.models import (ModelSpec, autocast, check_mixed_precision, create_model,
                            load_checkpoint, load_weights, memory_format, read_checkpoint_meta,
                            save_checkpoint, train_mode, with_memory_format)
 from raydal.pool import Pool
+from raydal.specs import runtime_spec
 from raydal import hooks
 from raydal.tracking import worker_curves
 from raydal.transforms import InputSpec, to_model_input
@@ -45,24 +47,21 @@ _SHOWN = 3
 _WARNED_TESTS: set[tuple[str, int, int]] = set()
 
 
-@dataclass(frozen=True)
-class TrainSettings:
-    epochs: int = 25
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    num_workers: int = 1
-    cpus_per_worker: float = 1.0
-    use_gpu: bool = False
-    seed: int = 0
-    checkpoint_every: int = 0  # epochs between mid-round checkpoints (0: only at the end)
-    max_failures: int = 1  # worker-group restarts Ray Train may make (FailureConfig)
-    mixed_precision: str = "none"  # or "bf16": autocast in training and test evaluation
-    channels_last: bool = False  # NHWC weights and inputs in training and test evaluation
+class _TrainSettingsMethods:
+    """How a round trains: the ``training`` config section's fields (declared there,
+    ``raydal.config.TrainingConfig``) plus the round's ``seed``."""
 
     def __post_init__(self):
         check_mixed_precision(self.mixed_precision)
 
+    @classmethod
+    def of(cls, section: TrainingConfig, seed: int) -> "TrainSettings":
+        """The settings of a validated ``training`` config section and a seed."""
+        return cls(**section.model_dump(), seed=seed)
+
+
+TrainSettings = runtime_spec("TrainSettings", TrainingConfig, _TrainSettingsMethods,
+                             module=__name__, insert=(("use_gpu", "seed", int, 0),))
 
 def model_input(images: torch.Tensor | np.ndarray, spec: InputSpec, device: torch.device | str,
                 channels_last: bool = False) -> torch.Tensor:

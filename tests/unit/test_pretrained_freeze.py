@@ -65,7 +65,7 @@ def test_freeze_backbone_prefixes_and_errors():
         apply_freeze(model, ["layer9"])
     with pytest.raises(ConfigError, match="model.freeze"):
         parse_config({"model": {"freeze": "head"}})
-    assert parse_config({"model": {"freeze": ["conv1"]}}).model.spec(3).freeze == ("conv1",)
+    assert ModelSpec.of(parse_config({"model": {"freeze": ["conv1"]}}).model, 3).freeze == ("conv1",)
 
 
 def test_train_mode_keeps_frozen_norm_statistics():

@@ -1,5 +1,7 @@
-"""The runtime specs are built from their config sections, not copied field by field: a field
-added to one side without the other fails here, and every value arrives unchanged."""
+"""The runtime specs are generated from their config sections (``raydal.specs``): the same
+fields, types and defaults, declared once; every value arrives unchanged; specs pickle (they
+travel to Ray workers)."""
+import pickle
 from dataclasses import fields
 
 from raydal.config import ModelConfig, TrainingConfig, parse_config
@@ -20,8 +22,18 @@ def test_every_value_reaches_the_runtime_specs():
         "training": {"epochs": 3, "batch_size": 8, "lr": 0.01, "weight_decay": 0.1,
                      "num_workers": 2, "cpus_per_worker": 0.5, "use_gpu": True,
                      "checkpoint_every": 1, "max_failures": 3}})
-    spec = cfg.model.spec(7)
+    spec = ModelSpec.of(cfg.model, 7)
     assert spec == ModelSpec("test_resnet", 7, 3, 40, (0.1, 0.2, 0.3), (0.4, 0.5, 0.6),
                              {"drop_rate": 0.1}, "skip", None, ("conv1",))
     assert ModelSpec.from_dict(spec.to_dict()) == spec
-    assert cfg.training.settings(seed=5) == TrainSettings(3, 8, 0.01, 0.1, 2, 0.5, True, 5, 1, 3)
+    assert TrainSettings.of(cfg.training, 5) == TrainSettings(3, 8, 0.01, 0.1, 2, 0.5, True, 5, 1, 3)
+
+
+def test_runtime_defaults_are_the_config_defaults_and_specs_pickle():
+    for spec, section, extra in ((ModelSpec(), ModelConfig(), "num_classes"),
+                                 (TrainSettings(), TrainingConfig(), "seed")):
+        for f in fields(spec):
+            if f.name != extra:
+                assert getattr(spec, f.name) == getattr(section, f.name), f.name
+        assert pickle.loads(pickle.dumps(spec)) == spec
+        assert type(spec).__module__ in ("raydal.models", "raydal.train")

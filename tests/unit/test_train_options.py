@@ -21,7 +21,7 @@ def test_defaults_are_float32_and_nchw():
 
 def test_values_reach_the_runtime_settings():
     cfg = parse_config({"training": {"mixed_precision": "bf16", "channels_last": True}})
-    s = cfg.training.settings(seed=3)
+    s = TrainSettings.of(cfg.training, 3)
     assert (s.mixed_precision, s.channels_last, s.seed) == ("bf16", True, 3)
 
 

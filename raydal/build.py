@@ -146,13 +146,15 @@ def build(config: RunConfig, *, pool: "PoolSource | None" = None,
     if oracle is None:
         from raydal.oracle import create_oracle
         oracle = create_oracle(config, data.truth)
+    from raydal.models import ModelSpec
     from raydal.scoring.base import create_strategy
+    from raydal.train import TrainSettings
     return RunParts(
         config=config, data=data, oracle=oracle,
         initial_strategy=create_strategy("random", seed=config.seed),
         strategy=strategy or _strategy(config.strategy.name, config.strategy.options),
-        model=config.model.spec(data.num_classes),
-        training=config.training.settings(seed=config.seed))
+        model=ModelSpec.of(config.model, data.num_classes),
+        training=TrainSettings.of(config.training, config.seed))
 
 
 def open_tracking(config: RunConfig, run_dir: Location):

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from raydal.errors import ConfigError
 from raydal.fs import Location, Where, check, is_uri, resolve
 from raydal.options import explain
+from raydal.specs import mixed_precision_name_problem
 
 
 class _Section(BaseModel):
@@ -102,11 +103,6 @@ class ModelConfig(_Section):
                              "parameter-name prefixes such as ['conv1', 'layer1']")
         return v
 
-    def spec(self, num_classes: int):
-        """The runtime ``ModelSpec``: every field of this section plus the data's class count."""
-        from raydal.models import ModelSpec
-        return ModelSpec.from_dict({**self.model_dump(mode="json"), "num_classes": num_classes})
-
 
 class StrategyConfig(_Section):
     name: str = Field("dynamicAL", description="a registered strategy (raydal.list_strategies())"
@@ -166,16 +162,10 @@ class TrainingConfig(_Section):
     @field_validator("mixed_precision", mode="before")  # before: YAML null gets the choices too
     @classmethod
     def _known_precision(cls, v: Any) -> Any:
-        from raydal.models import mixed_precision_problem
-        problem = mixed_precision_problem(v)
+        problem = mixed_precision_name_problem(v)
         if problem:
             raise ValueError(problem)
         return v
-
-    def settings(self, seed: int):
-        """The runtime ``TrainSettings``: every field of this section plus the round's seed."""
-        from raydal.train import TrainSettings
-        return TrainSettings(**self.model_dump(), seed=seed)
 
 
 class RayConfig(_Section):

@@ -301,7 +301,7 @@ class ActiveLoop:
         """The run's model spec (``num_classes``: another class count than the data's)."""
         if num_classes is None:
             return self.parts.model
-        return self.config.model.spec(num_classes)
+        return ModelSpec.of(self.config.model, num_classes)
 
     def _set_state(self, r: int, phase: str) -> None:
         atomic_write_json(self.run_dir / "state.json", {

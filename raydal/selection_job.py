@@ -156,7 +156,7 @@ def check_arguments(args: argparse.Namespace, labeled: dict[str, int] | list[str
 
 def run_selection(args: argparse.Namespace) -> dict[str, Any]:
     """Select and write ``args.out`` on the connected Ray cluster; returns the summary."""
-    import raydal
+    from raydal.selection import select
     from raydal.storage import atomic_write_parquet
 
     labeled = read_labeled(args.labels)  # wrong arguments fail before any cluster starts
@@ -164,12 +164,12 @@ def run_selection(args: argparse.Namespace) -> dict[str, Any]:
     from raydal.pool import open_pool
     pool = open_pool(args.pool, getattr(args, "pool_format", None), field="--pool-format")
     _connect(args.address, log_to_driver=args.progress)
-    sel = raydal.select(pool, args.checkpoint, strategy, args.budget,
-                        labeled=labeled,
-                        num_actors=args.num_actors, batch_size=args.batch_size,
-                        num_gpus_per_actor=args.num_gpus_per_actor,
-                        num_cpus_per_actor=args.num_cpus_per_actor, progress=args.progress,
-                        balance=getattr(args, "balance", "none"))
+    sel = select(pool, args.checkpoint, strategy, args.budget,
+                 labeled=labeled,
+                 num_actors=args.num_actors, batch_size=args.batch_size,
+                 num_gpus_per_actor=args.num_gpus_per_actor,
+                 num_cpus_per_actor=args.num_cpus_per_actor, progress=args.progress,
+                 balance=getattr(args, "balance", "none"))
     out = atomic_write_parquet(args.out, sel.to_table())
     return {"out": str(out), "strategy": args.strategy, "num_selected": len(sel.ids),
             "num_scored": sel.num_scored, "num_labeled": len(labeled),

@@ -34,10 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.run_dir:
         overrides["run_dir"] = args.run_dir
     cfg = cfg.with_overrides(**overrides)
+    loop = raydal.ActiveLoop.from_config(cfg)  # every name checked before the cluster is joined
     # The config's cluster, else RAY_ADDRESS (set by `ray job submit`), else a local Ray;
     # a dead address fails within seconds, naming it.
     connect(cfg.ray.address, num_cpus=cfg.ray.num_cpus, log_to_driver=cfg.progress)
-    rows = raydal.ActiveLoop.from_config(cfg).run()
+    rows = loop.run()
     for row in rows:
         print(json.dumps(row), flush=True)
     print(json.dumps({"run_dir": cfg.run_dir, "rounds": len(rows),

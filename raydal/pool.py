@@ -581,14 +581,15 @@ def pool_format(path: Where) -> str:
 
 
 def open_pool(path: Where | PoolSource, format: str | None = None, options: Any = None,
-              field: str = "data.pool_format") -> PoolSource:
+              field: str = "data.pool_format", options_field: str = "data.pool_options"
+              ) -> PoolSource:
     """The pool at ``path`` read by registered source ``format`` (None: ``pool_format(path)``)
     with its ``options`` (a mapping checked by the source's options model); a PoolSource is
-    returned as it is. ConfigError for an unknown format or bad options, naming ``field``."""
+    returned as it is. ConfigError for an unknown format or bad options, naming ``field`` or
+    ``options_field`` (where the user wrote them)."""
     if isinstance(path, PoolSource):
         return path
     from raydal.options import validate_options
     cls = POOLS.get(format or pool_format(path), field)
-    opts = validate_options(cls.Options, options, field.replace("format", "options"),
-                            f"pool source {cls.name!r}")
+    opts = validate_options(cls.Options, options, options_field, f"pool source {cls.name!r}")
     return cls.open(path, opts)

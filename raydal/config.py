@@ -127,10 +127,13 @@ class LoopConfig(_Section):
 
 
 class SelectionConfig(_Section):
-    num_actors: int = Field(2, ge=1)
-    batch_size: int = Field(256, ge=1)
-    num_gpus_per_actor: float = Field(0.0, ge=0)
-    num_cpus_per_actor: float = Field(0.5, gt=0)
+    num_actors: int = Field(2, ge=1, description="scoring actors (staged) or tasks (fused) "
+                            "at a time")
+    batch_size: int = Field(256, ge=1, description="images per scoring batch")
+    num_gpus_per_actor: float = Field(0.0, ge=0, description="GPUs each scorer holds "
+                                      "(fractions share one)")
+    num_cpus_per_actor: float = Field(0.5, gt=0, description="keep num_actors x this below the "
+                                      "cluster's CPUs (Ray Data reads need one)")
     pipeline: Literal["auto", "staged", "fused"] = Field(
         "auto", description="staged: CPU decode tasks feed an actor pool of scorers; fused: "
         "tasks that decode and score; auto: staged when num_gpus_per_actor > 0")

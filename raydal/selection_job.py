@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
+
+from pydantic import ValidationError
+
+from raydal.config import SelectionConfig
 
 
 def read_labeled(path: str | None) -> dict[str, int] | list[str]:
@@ -87,15 +91,12 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--budget", type=int, required=True, help="number of rows to select")
     p.add_argument("--labels", help="labeled set: run dir, its labels/ folder, or Parquet id[,label]")
     p.add_argument("--out", required=True, help="output Parquet file (id, score, rank)")
-    p.add_argument("--num-actors", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=256, help="images per scoring batch")
-    p.add_argument("--num-gpus-per-actor", type=float, default=0.0)
-    p.add_argument("--num-cpus-per-actor", type=float, default=0.5,
-                   help="keep num_actors x this below the cluster's CPUs (Ray Data reads need one)")
-    p.add_argument("--balance", default="none", choices=["none", "proportional", "equal"],
-                   help="class-balanced query over the model's predicted classes: quotas "
-                   "proportional to the pool's predicted classes, or equal per class "
-                   "(per-sample strategies only)")
+    for name, field in SelectionConfig.model_fields.items():  # the config's defaults and help
+        choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
+        kind = next(t for t in (int, float, str) if t in (field.annotation, *get_args(
+            field.annotation))) if choices is None else str
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=field.default,
+                       choices=choices, help=field.description or f"selection.{name}")
     p.add_argument("--progress", action="store_true", help="draw a progress bar")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, which `ray job "
                    "submit` sets; without it a new local cluster)")
@@ -120,14 +121,14 @@ def check_arguments(args: argparse.Namespace, labeled: dict[str, int] | list[str
     from raydal.scoring.base import create_strategy
     from raydal.selection import check_checkpoint
 
-    for flag, value in (("--budget", args.budget), ("--num-actors", args.num_actors),
-                        ("--batch-size", args.batch_size)):
-        if value < 1:
-            raise ConfigError(f"{flag} must be a positive int, got {value}")
-    for flag, value in (("--num-gpus-per-actor", args.num_gpus_per_actor),
-                        ("--num-cpus-per-actor", args.num_cpus_per_actor)):
-        if not value >= 0:
-            raise ConfigError(f"{flag} must be >= 0, got {value:g}")
+    if args.budget < 1:
+        raise ConfigError(f"--budget must be a positive int, got {args.budget}")
+    try:  # the selection settings: the config section's own checks
+        SelectionConfig(**{name: getattr(args, name) for name in SelectionConfig.model_fields})
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ConfigError(f"--{str(err['loc'][0]).replace('_', '-')} "
+                          f"{err['msg'].removeprefix('Input ')}, got {err['input']}") from None
     problem = output_problem(args.out)
     if problem:
         raise ConfigError(f"--out {args.out} {problem}")
@@ -169,7 +170,7 @@ def run_selection(args: argparse.Namespace) -> dict[str, Any]:
                  num_actors=args.num_actors, batch_size=args.batch_size,
                  num_gpus_per_actor=args.num_gpus_per_actor,
                  num_cpus_per_actor=args.num_cpus_per_actor, progress=args.progress,
-                 balance=getattr(args, "balance", "none"))
+                 pipeline=args.pipeline, decode_tasks=args.decode_tasks, balance=args.balance)
     out = atomic_write_parquet(args.out, sel.to_table())
     return {"out": str(out), "strategy": args.strategy, "num_selected": len(sel.ids),
             "num_scored": sel.num_scored, "num_labeled": len(labeled),

@@ -68,7 +68,7 @@ def test_cli_select_equals_the_job_and_the_library(ray_cluster, inputs, capsys, 
     ("--strategy-options", '{"ip_wieght": 2}', "has no option 'ip_wieght'.*Did you mean"),
     ("--strategy-options", '{"ip_weight": -1}', "strategy 'dynamicAL': ip_weight must be"),
     ("--budget", "0", "--budget must be a positive int, got 0"),
-    ("--num-actors", "0", "--num-actors must be a positive int, got 0"),
+    ("--num-actors", "0", "--num-actors should be greater than or equal to 1, got 0"),
     ("--checkpoint", "MISSING", "--checkpoint .*MISSING is not a raydal checkpoint folder"),
     ("--labels", "EMPTY", "--labels .* no labels/round-NNNN.parquet"),
     ("--pool", "MISSING", "MISSING"),
@@ -138,7 +138,7 @@ def test_cli_select_broken_inputs_are_one_line(ray_cluster, inputs, tmp_path, ca
         ("--pool", tmp_path / "text.parquet", r"text.parquet is not Parquet \(.*\); give a "),
         ("--out", tmp_path, r"--out .* is a folder; give a file name in it"),
         ("--out", tmp_path / "file" / "o.parquet", r"cannot be made: .*file is a file, not a"),
-        ("--num-cpus-per-actor", "nan", "--num-cpus-per-actor must be >= 0, got nan"),
+        ("--num-cpus-per-actor", "nan", "--num-cpus-per-actor should be greater than 0, got nan"),
     ]:
         argv = args(tmp, pool, ckpt, tmp_path / "never.parquet")
         if option in argv:

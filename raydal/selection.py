@@ -40,6 +40,7 @@ import logging
 import os
 import time
 import uuid
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 import torch
 
@@ -60,7 +62,8 @@ from raydal.resources import schedulable, selection_demand
 from raydal.scoring.base import Strategy, create_strategy
 from raydal.scoring.diversity import SetStrategy, StreamingCandidates, features_from_bytes
 from raydal.shared_paths import check_shared
-from raydal.transforms import InputSpec, normalise, to_model_input
+from raydal.scoring.uncertainty import Random
+from raydal.transforms import InputSpec, normalise, to_model_input, verify_rows
 
 log = logging.getLogger("raydal")
 
@@ -230,6 +233,8 @@ class ScoringJob:
     num_gpus: float = 0.0
     num_threads: int = 1
     balance: str = "none"  # not "none": rows carry their predicted class (see ``select``)
+    unit_rows: int = 0  # >0: rows a pool unit is read and passed on in (``read_unit``); 0: a
+    # call gets encoded rows (a pool source read by Ray Data)
 
 
 class Scorer:
@@ -244,6 +249,8 @@ class Scorer:
         self.context = ray.get(job.context_ref[0])
         self.labeled = ray.get(job.labeled_ref[0]) if job.labeled_ref else frozenset()
         self.node = ray.get_runtime_context().get_node_id()
+        self.pixels = needs_pixels(job.strategy, job.balance)
+        self._buffer: torch.Tensor | None = None  # the CPU float input, reused (``_input``)
 
     def score_block(self, block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Fused pipeline: score a block of encoded rows (id, image|path) in batches of
@@ -268,8 +275,8 @@ class Scorer:
             status = block["status"][s:s + b]
             ok = [i for i, st in enumerate(status) if st == ""]
             bad = [(i, str(st)) for i, st in enumerate(status) if st != ""]
-            images = block["image"][s:s + b]
-            arr = images if len(ok) == len(images) else images[ok]
+            images = block["image"][s:s + b] if "image" in block else None  # none: verified
+            arr = images if images is None or len(ok) == len(images) else images[ok]
             outs.append(self._score_rows(ids, arr, ok, bad, running))
         return _concat(outs)
 
@@ -283,19 +290,32 @@ class Scorer:
         ids = np.asarray([str(i) for i in batch["id"]], dtype=object)
         fresh = np.fromiter((i not in self.labeled for i in ids), bool, len(ids))
         ids = ids[fresh]
-        arr, ok, bad = self.job.pool.decode(batch, self.spec, fresh)
+        if self.pixels:
+            arr, ok, bad = self.job.pool.decode(batch, self.spec, fresh)
+        else:  # a score of the ids alone: the images are checked, not turned into input
+            arr, (ok, bad) = None, verify_rows(*self.job.pool.image_inputs(batch, fresh),
+                                               self.spec)
         return self._score_rows(ids, arr, ok, bad, running)
 
-    def _input(self, arr: np.ndarray) -> torch.Tensor:
+    def _input(self, arr: np.ndarray | None) -> torch.Tensor | None:
         """(N, C, S, S) uint8 -> the model's normalised float input on the scorer's device:
         copied as uint8 (4x fewer bytes than float) from pinned memory without blocking, and
-        normalised there."""
-        if not arr.flags.writeable:  # a zero-copy view of the object store: torch wants a copy
-            arr = arr.copy()
-        x = torch.from_numpy(np.ascontiguousarray(arr))
+        normalised there. On a CPU into the scorer's buffer, reused from batch to batch (every
+        use of the input ends within its batch). None (a strategy that scores ids) -> None."""
+        if arr is None:
+            return None
         if self.device != "cpu":
-            x = x.pin_memory().to(self.device, non_blocking=True)
-        return normalise(x, self.spec)
+            if not arr.flags.writeable:  # a read-only view of the object store
+                arr = arr.copy()
+            x = torch.from_numpy(np.ascontiguousarray(arr))
+            return normalise(x.pin_memory().to(self.device, non_blocking=True), self.spec)
+        with warnings.catch_warnings():  # read-only views are only read here (copied to floats)
+            warnings.simplefilter("ignore", UserWarning)
+            x = torch.from_numpy(np.ascontiguousarray(arr))
+        buf = self._buffer
+        if buf is None or buf.shape[1:] != x.shape[1:] or len(buf) < len(x):
+            buf = self._buffer = torch.empty(x.shape, dtype=torch.float32)
+        return normalise(x, self.spec, out=buf[:len(x)])
 
     def _score_rows(self, ids: np.ndarray, arr: np.ndarray, ok: list[int],
                     bad: list[tuple[int, str]], running: RunningTopK | RunningClassTopK
@@ -376,9 +396,12 @@ def _concat(outs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 _SCORERS: dict[str, Scorer] = {}
 
 
-def score_block(block: dict[str, np.ndarray], job: ScoringJob) -> dict[str, np.ndarray]:
-    """Fused pipeline's ``map_batches`` function, one call per block, run as a Ray task in a
-    pooled worker.
+def score_block(units: dict[str, np.ndarray], job: ScoringJob
+                ) -> Iterator[dict[str, np.ndarray]]:
+    """Fused pipeline's ``map_batches`` function, run as a Ray task in a pooled worker: reads
+    its units of the pool (``read_unit``) and yields, for each piece of at most
+    ``job.unit_rows`` rows, what ``Scorer.score_block`` passes on (a pool source that Ray Data
+    reads: its block, ``job.unit_rows`` 0).
 
     Pooled workers outlive a selection (and run the training task too), so from the second
     round on, scoring starts in processes that have torch and timm imported; only the model of
@@ -388,7 +411,8 @@ def score_block(block: dict[str, np.ndarray], job: ScoringJob) -> dict[str, np.n
         _SCORERS.clear()  # the previous selection's model and context
         scorer = _SCORERS[job.token] = Scorer(job)
     torch.set_num_threads(job.num_threads)
-    return scorer.score_block(block)
+    for block in _blocks(job.pool, units, job.unit_rows):
+        yield scorer.score_block(block)
 
 
 class ScoreActor:
@@ -408,12 +432,15 @@ class ScoreActor:
 @dataclass
 class DecodeJob:
     """What a decode task needs: the pool (its image column), the model's InputSpec and the
-    labeled ids to drop (loaded once per process and ``token``)."""
+    labeled ids to drop (loaded once per process and ``token``). ``pixels`` False: the
+    scorers score ids alone (``needs_pixels``), so images are checked, not decoded."""
 
     token: str
     pool: Pool
     spec: InputSpec
     labeled_ref: list  # [ObjectRef] of the labeled ids' frozenset
+    pixels: bool = True
+    unit_rows: int = 0  # as ScoringJob.unit_rows
 
 
 #: This worker process's labeled ids of the current selection (one entry, as _SCORERS).
@@ -432,15 +459,124 @@ def decode_block(block: dict[str, np.ndarray], job: DecodeJob) -> dict[str, np.n
     ids = np.asarray([str(i) for i in block["id"]], dtype=object)
     fresh = np.fromiter((i not in labeled for i in ids), bool, len(ids))
     ids = ids[fresh]
+    if not job.pixels:  # no image column: the scorers need none
+        ok, bad = verify_rows(*job.pool.image_inputs(block, fresh), job.spec)
+        return {"id": ids, "status": _status(len(ids), bad)}
     arr, ok, bad = job.pool.decode(block, job.spec, fresh)
     if len(ok) != len(ids):
         images = np.zeros((len(ids), *arr.shape[1:]), np.uint8)
         images[ok] = arr
         arr = images
-    status = np.full(len(ids), "", dtype=object)
+    return {"id": ids, "image": arr, "status": _status(len(ids), bad)}
+
+
+def _status(n: int, bad: list[tuple[int, str]]) -> np.ndarray:
+    status = np.full(n, "", dtype=object)
     for i, reason in bad:
         status[i] = reason
-    return {"id": ids, "image": arr, "status": status}
+    return status
+
+
+def decode_units(units: dict[str, np.ndarray], job: DecodeJob
+                 ) -> Iterator[dict[str, np.ndarray]]:
+    """Staged pipeline's ``map_batches`` function: reads its units of the pool and yields
+    ``decode_block`` of each piece of at most ``job.unit_rows`` rows."""
+    for block in _blocks(job.pool, units, job.unit_rows):
+        yield decode_block(block, job)
+
+
+# ---- pool units: the pieces of the pool that tasks read themselves ---------------------------
+#: Read blocks a worker gets from a pool source that is not Parquet (read by Ray Data).
+READ_BLOCKS_PER_WORKER = 32
+#: Units a worker (a fused scorer, a staged decode task) gets: enough that workers finish the
+#: pool together (a unit's decode time at most, idle at the end), few enough that splitting a
+#: Parquet row group, whose whole column chunks are read for every slice of it, stays cheap.
+UNITS_PER_WORKER = 8
+#: Fewest rows of a unit made by splitting a row group.
+MIN_UNIT_ROWS = 64
+#: Most bytes of decoded images a piece carries (staged: through the object store).
+MAX_PIECE_BYTES = 64 << 20
+
+
+def pool_units(pool: Pool, workers: int) -> list[dict[str, Any]]:
+    """The pool as units of work for ``workers`` tasks at a time: dicts of a Parquet file's
+    ``path`` (on the pool's filesystem), ``row_group`` (-1: the whole file) and the rows
+    ``start``..``stop`` of it. A pool of at least ``UNITS_PER_WORKER`` files a worker is read
+    file by file (no footer read here); fewer files are split at row groups, and row groups
+    into equal slices of at least ``MIN_UNIT_ROWS`` rows, into about that many units.
+
+    Each task reads its units itself (``read_unit``): the images' bytes never pass through
+    the object store or the driver, and no read stage runs beside the scorers."""
+    files = pool.files
+    target = UNITS_PER_WORKER * max(1, workers)
+    if len(files) >= target:
+        return [{"path": f.path, "row_group": -1, "start": 0, "stop": -1} for f in files]
+    groups = []  # (path, row group, rows)
+    for f in files:
+        with pool.location.fs.open_input_file(f.path) as fh:
+            meta = pq.ParquetFile(fh).metadata
+        groups += [(f.path, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
+    rows = sum(n for _, _, n in groups)
+    unit_rows = max(MIN_UNIT_ROWS, -(-rows // target))
+    units = []
+    for path, g, n in groups:
+        parts = max(1, -(-n // unit_rows)) if n >= 2 * MIN_UNIT_ROWS else 1
+        bounds = [n * i // parts for i in range(parts + 1)]
+        units += [{"path": path, "row_group": g, "start": a, "stop": b}
+                  for a, b in zip(bounds, bounds[1:]) if b > a]
+    return units
+
+
+def unit_rows(pool: Pool, num_units: int, spec: InputSpec | None, pixels: bool) -> int:
+    """Rows of the pieces a unit is read, scored and passed on in: about a unit's rows, at most
+    ``MAX_PIECE_BYTES`` of decoded images."""
+    rows = max(1, -(-pool.num_rows // max(1, num_units)))
+    if pixels and spec is not None:
+        rows = min(rows, max(1, MAX_PIECE_BYTES // (spec.in_chans * spec.img_size ** 2)))
+    return rows
+
+
+def read_unit(pool: Pool, unit: Mapping[str, Any], rows: int) -> Iterator[dict[str, np.ndarray]]:
+    """The rows of one ``pool_units`` unit as numpy blocks (id, and the image column as a
+    list of bytes or paths) of at most ``rows`` rows, read with pyarrow in this process: one row
+    group at a time, only the pool's two columns."""
+    columns = pool.columns
+    group = int(unit["row_group"])
+    with pool.location.fs.open_input_file(str(unit["path"])) as fh:
+        pf = pq.ParquetFile(fh)
+        for g in (range(pf.num_row_groups) if group < 0 else [group]):
+            table = pf.read_row_group(g, columns=columns)
+            if group >= 0:
+                table = table.slice(int(unit["start"]), int(unit["stop"]) - int(unit["start"]))
+            for s in range(0, table.num_rows, rows):
+                piece = table.slice(s, rows)
+                yield {c: _objects(piece.column(c).to_pylist()) for c in columns}
+
+
+def _objects(values: list) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+def _blocks(pool: PoolSource, units: Mapping[str, np.ndarray], rows: int
+            ) -> Iterator[dict[str, np.ndarray]]:
+    """The encoded rows of a call: its ``pool_units`` read (``rows`` > 0), or the call's block
+    itself (a pool source that Ray Data reads, ``rows`` 0)."""
+    if not rows:
+        yield units
+        return
+    for i in range(len(units["path"])):
+        yield from read_unit(pool, {k: v[i] for k, v in units.items()}, rows)
+
+
+def needs_pixels(strategy: Strategy, balance: str = "none") -> bool:
+    """Whether a strategy's scores depend on the images: False for ``random`` (a hash of the
+    id; its ``score`` is Random's own), unless the picks are class-balanced (the classes come
+    from the model). Without pixels, images are still checked (``transforms.check_image``): the
+    same rows are skipped and counted as when they are decoded, at about a third of the cost."""
+    return not (balance == "none" and type(strategy).score is Random.score
+                and not isinstance(strategy, SetStrategy))
 
 
 # ---- labeled-set context (runs as a Ray task, next to the data, not on the driver) -----------
@@ -494,10 +630,6 @@ def _no_usable_images(pool: Pool, skipped: list[tuple[str, str]], num_labeled: i
         + f"; first: id {first[0]!r}: {first[1]}); nothing was selected or written: fix the "
         f"pool's {pool.image_column!r} column (encoded image bytes, or readable image paths) "
         "and run again")
-
-
-#: Read blocks a scorer gets from a pool (see ``select``).
-BLOCKS_PER_SCORER = 32
 
 
 # ---- public entry point ----------------------------------------------------------------------
@@ -592,44 +724,60 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
             context_ref = task.remote(strategy, source, pool, labels, batch_size,
                                       num_gpus_per_actor)
 
-        # Ray Data reads Parquet as few large blocks (several files merged, up to 128 MiB), and a
-        # scorer's results reach the driver when it finishes a block. About 32 blocks a worker
-        # (split at row groups, at least 256 KiB) keep workers evenly busy to the end of the pool,
-        # even a one-file pool, and results flowing (measured: benchmarks/selection_scale.py).
-        ds = pool.to_dataset()
+        pixels = needs_pixels(strategy, balance)
+        spec = source.spec()
         workers = num_actors
         if pipeline == "staged":
             workers = max(num_actors, decode_tasks or int(ray.cluster_resources().get("CPU", 1)))
-        blocks = BLOCKS_PER_SCORER * workers
-        ds.context.target_max_block_size = int(min(
-            ds.context.target_max_block_size, max(256 << 10, pool.num_bytes // blocks)))
+        if isinstance(pool, Pool):
+            # A Parquet pool: each task reads its own units of it (pool_units: files, row
+            # groups or slices of them, about UNITS_PER_WORKER a worker): no read stage, no
+            # image bytes through the object store (benchmarks/pipeline_efficiency.py).
+            units = pool_units(pool, workers)
+            rows = unit_rows(pool, len(units), spec, pixels)
+            # one unit a block (a pool with no rows has no units: nothing runs)
+            ds = ray.data.from_items(units or [{}], override_num_blocks=max(1, len(units)))
+            call_rows = 1  # one unit a call
+        else:
+            # Another pool source: Ray Data reads it, about READ_BLOCKS_PER_WORKER blocks a
+            # worker (at least 256 KiB) so that workers finish together and results flow.
+            units, rows = None, 0
+            ds = pool.to_dataset()
+            blocks = READ_BLOCKS_PER_WORKER * workers
+            ds.context.target_max_block_size = int(min(
+                ds.context.target_max_block_size, max(256 << 10, pool.num_bytes // blocks)))
+            # a block a call; Ray Data wants an explicit batch size for GPU tasks
+            call_rows = (None if not num_gpus_per_actor
+                         else max(batch_size, -(-pool.num_rows // blocks)))
         labeled_ref = [ray.put(frozenset(labels))]
         job = ScoringJob(uuid.uuid4().hex, source, pool, strategy, [context_ref],
                          labeled_ref if pipeline == "fused" else None, k, batch_size,
-                         num_gpus_per_actor, int(max(1, num_cpus_per_actor)), balance)
+                         num_gpus_per_actor, int(max(1, num_cpus_per_actor)), balance, rows)
         if pipeline == "fused":
-            # a block a call; Ray Data wants an explicit batch size for GPU tasks: about a
-            # block's rows
-            rows = (None if not num_gpus_per_actor
-                    else max(batch_size, -(-pool.num_rows // blocks)))
+            # One operator with small outputs: no per-operator reservation. With it, Ray 2.60
+            # gives the operator no budget until its autoscaling coordinator answers (1-4 s
+            # per selection, measured), and one task at a time runs meanwhile; concurrency
+            # stays bounded by the pool's size.
+            ds.context.op_resource_reservation_enabled = False
             scores_ds = ds.map_batches(
-                score_block, fn_kwargs=dict(job=job), batch_size=rows, batch_format="numpy",
-                compute=ray.data.TaskPoolStrategy(size=num_actors), num_gpus=num_gpus_per_actor,
-                num_cpus=num_cpus_per_actor,
+                score_block, fn_kwargs=dict(job=job), batch_size=call_rows,
+                batch_format="numpy", compute=ray.data.TaskPoolStrategy(size=num_actors),
+                num_gpus=num_gpus_per_actor, num_cpus=num_cpus_per_actor,
                 # Ray ends a GPU task's worker after each call by default (max_calls 1): keep
-                # it, or every block would reload the model
+                # it, or every call would reload the model
                 max_calls=0)
         else:
-            decode_job = DecodeJob(job.token, pool, source.spec(), labeled_ref)
+            decode_job = DecodeJob(job.token, pool, spec, labeled_ref, pixels, rows)
             decoded = ds.map_batches(
-                decode_block, fn_kwargs=dict(job=decode_job), batch_size=None,
+                decode_units, fn_kwargs=dict(job=decode_job), batch_size=call_rows,
                 batch_format="numpy", num_cpus=1,
                 compute=ray.data.TaskPoolStrategy(size=decode_tasks) if decode_tasks else None)
-            # Decoded blocks are several times the encoded ones, so Ray Data splits them at
-            # target_max_block_size: an explicit call size re-batches them for the scorers.
-            rows = max(batch_size, -(-pool.num_rows // (BLOCKS_PER_SCORER * num_actors)))
+            # GPU actors need an explicit batch size; on CPUs a decoded piece a call
             scores_ds = decoded.map_batches(
-                ScoreActor, fn_constructor_kwargs=dict(job=job), batch_size=rows,
+                ScoreActor, fn_constructor_kwargs=dict(job=job),
+                batch_size=(max(batch_size, rows or -(-pool.num_rows // (
+                    READ_BLOCKS_PER_WORKER * num_actors)))
+                    if num_gpus_per_actor else None),
                 batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=num_actors),
                 num_gpus=num_gpus_per_actor, num_cpus=num_cpus_per_actor)
 
@@ -643,7 +791,8 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
         startup: tuple[float, int] | None = None
         bar = _progress(pool.num_rows - len(labels), f"scoring ({strategy.name})", progress)
         nodes: dict[str, None] = {}  # ordered set
-        for out in _batches_or_context_error(scores_ds, context_ref):
+        for out in (_batches_or_context_error(scores_ds, context_ref)
+                    if units is None or units else ()):
             nodes.update(dict.fromkeys(out["node"].tolist()))
             good = out["status"] == ""
             bad = ~good & (out["status"] != COUNT_ONLY)

@@ -44,6 +44,45 @@ _ACCEPTED_MODES = {"1", "L", "P", "RGB", "RGBA", "LA", "CMYK", "YCbCr"} | _WIDE_
 def load_image(data: bytes | None, path: str | None, spec: InputSpec) -> np.ndarray:
     """Decode bytes (or read ``path``: local or a URI) into a (C, S, S) uint8 array; BadImage on
     failure (a missing or unreadable file included)."""
+    return _load_into(data, path, spec, None)
+
+
+def _load_into(data: bytes | None, path: str | None, spec: InputSpec, out: np.ndarray | None
+               ) -> np.ndarray:
+    """``load_image``, written into ``out`` ((C, S, S) uint8) when given: one copy of the
+    pixels fewer, and no array of its own."""
+    im = _open_checked(data, path, spec, draft=False)
+    if im.mode in _WIDE_MODES:
+        im = _to_8_bit(im)
+    im = im.convert(_MODES.get(spec.in_chans, "RGB"))
+    im = _resize_center_crop(im, spec.img_size)
+    arr = np.asarray(im, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[None]
+    else:
+        arr = arr.transpose(2, 0, 1)
+    if spec.in_chans not in _MODES:  # e.g. 2 or 4 channels: repeat/trim RGB
+        arr = np.resize(arr, (spec.in_chans, *arr.shape[1:]))
+    if out is None:
+        return np.ascontiguousarray(arr)
+    out[...] = arr
+    return out
+
+
+def check_image(data: bytes | None, path: str | None, spec: InputSpec) -> None:
+    """BadImage for exactly the images ``load_image`` refuses, without making the model's input:
+    the same header checks (size limit, mode, channels) and the whole compressed stream decoded
+    -- a JPEG at 1/8 scale (libjpeg still entropy-decodes every block, so truncated or corrupt
+    data fails as in a full decode; only the inverse DCT is cheaper), other formats in full. No
+    colour conversion, resize or array. For strategies whose score does not depend on the
+    pixels (``random``): about 0.5 ms for a 400x300 JPEG against 1.7 ms for ``load_image``."""
+    _open_checked(data, path, spec, draft=True)
+
+
+def _open_checked(data: bytes | None, path: str | None, spec: InputSpec, draft: bool
+                  ) -> Image.Image:
+    """The decoded image (``draft``: a JPEG at reduced scale) after the checks of
+    ``load_image``; BadImage on failure."""
     try:
         if data is None:
             if path is None:
@@ -67,6 +106,8 @@ def load_image(data: bytes | None, path: str | None, spec: InputSpec) -> np.ndar
             if spec.channel_mismatch == "skip" and bands != spec.in_chans:
                 raise BadImage(f"image has {bands} channels ({im.mode}), the model expects "
                                f"{spec.in_chans}")
+            if draft and im.format == "JPEG":
+                im.draft(None, (1, 1))  # the smallest scale libjpeg decodes to (1/8)
             im.load()
     except BadImage:
         raise
@@ -74,18 +115,7 @@ def load_image(data: bytes | None, path: str | None, spec: InputSpec) -> np.ndar
         why = ("not a format PIL reads" if isinstance(e, Image.UnidentifiedImageError)
                else e)  # PIL's own text names an in-memory buffer's address, not the file
         raise BadImage(f"cannot decode image: {type(e).__name__}: {why}") from None
-    if im.mode in _WIDE_MODES:
-        im = _to_8_bit(im)
-    im = im.convert(_MODES.get(spec.in_chans, "RGB"))
-    im = _resize_center_crop(im, spec.img_size)
-    arr = np.asarray(im, dtype=np.uint8)
-    if arr.ndim == 2:
-        arr = arr[None]
-    else:
-        arr = arr.transpose(2, 0, 1)
-    if spec.in_chans not in _MODES:  # e.g. 2 or 4 channels: repeat/trim RGB
-        arr = np.resize(arr, (spec.in_chans, *arr.shape[1:]))
-    return np.ascontiguousarray(arr)
+    return im
 
 
 def _to_8_bit(im: Image.Image) -> Image.Image:
@@ -123,23 +153,29 @@ def _resize_center_crop(im: Image.Image, size: int) -> Image.Image:
 def to_model_input(images: np.ndarray | torch.Tensor, spec: InputSpec,
                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(B, C, S, S) uint8 -> normalised (B, C, S, S) float tensor."""
-    x = torch.as_tensor(images).to(dtype) / 255.0
-    mean = torch.tensor(_per_channel(spec.mean, spec.in_chans), dtype=dtype).view(1, -1, 1, 1)
-    std = torch.tensor(_per_channel(spec.std, spec.in_chans), dtype=dtype).view(1, -1, 1, 1)
-    return (x - mean) / std
+    return normalise(torch.as_tensor(images), spec, dtype)
 
 
-def normalise(images: torch.Tensor, spec: InputSpec, dtype: torch.dtype = torch.float32
-              ) -> torch.Tensor:
+def normalise(images: torch.Tensor, spec: InputSpec, dtype: torch.dtype = torch.float32,
+              out: torch.Tensor | None = None) -> torch.Tensor:
     """(B, C, S, S) uint8 tensor -> normalised float tensor on the same device (a scorer copies
-    uint8 to its GPU, 4x fewer bytes than float, and normalises there). The same arithmetic as
-    ``to_model_input``: equal results on the CPU."""
-    x = images.to(dtype) / 255.0
+    uint8 to its GPU, 4x fewer bytes than float, and normalises there). ``(x / 255 - mean) /
+    std``, computed in place in the one float tensor it allocates, or in ``out`` when that is a
+    tensor of the result's shape, dtype and device (a scorer's buffer, reused batch after batch:
+    on a CPU, allocating the batch's floats and their page faults cost more than the
+    arithmetic); the same values as the out-of-place expression."""
+    if (out is not None and out.shape == images.shape and out.dtype == dtype
+            and out.device == images.device):
+        x = out.copy_(images)
+    else:
+        x = images.to(dtype)
+        if x is images:  # already of dtype: never change the caller's tensor
+            x = x.clone()
     mean = torch.tensor(_per_channel(spec.mean, spec.in_chans), dtype=dtype,
                         device=x.device).view(1, -1, 1, 1)
     std = torch.tensor(_per_channel(spec.std, spec.in_chans), dtype=dtype,
                        device=x.device).view(1, -1, 1, 1)
-    return (x - mean) / std
+    return x.div_(255.0).sub_(mean).div_(std)
 
 
 def _per_channel(values: tuple[float, ...], channels: int) -> list[float]:
@@ -155,15 +191,31 @@ def encode_png(image: np.ndarray) -> bytes:
 
 def decode_rows(images: list, paths: list, spec: InputSpec
                 ) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
-    """Decode a batch. Returns (N_ok, C, S, S) uint8, indices of good rows, (index, reason) of bad."""
-    good, ok_idx, bad = [], [], []
-    for i in range(len(images) if images is not None else len(paths)):
+    """Decode a batch. Returns (N_ok, C, S, S) uint8, indices of good rows, (index, reason) of bad.
+    Each image is decoded straight into its row of the result."""
+    n = len(images) if images is not None else len(paths)
+    arr = np.empty((n, spec.in_chans, spec.img_size, spec.img_size), np.uint8)
+    ok_idx, bad = [], []
+    for i in range(n):
         try:
-            good.append(load_image(images[i] if images is not None else None,
-                                   paths[i] if paths is not None else None, spec))
+            _load_into(images[i] if images is not None else None,
+                       paths[i] if paths is not None else None, spec, arr[len(ok_idx)])
             ok_idx.append(i)
         except BadImage as e:
             bad.append((i, str(e)))
-    arr = (np.stack(good) if good
-           else np.zeros((0, spec.in_chans, spec.img_size, spec.img_size), np.uint8))
-    return arr, ok_idx, bad
+    return arr[:len(ok_idx)], ok_idx, bad
+
+
+def verify_rows(images: list | None, paths: list | None, spec: InputSpec
+                ) -> tuple[list[int], list[tuple[int, str]]]:
+    """``decode_rows`` without the pixels: indices of the rows ``load_image`` would decode and
+    (index, reason) of the rest, from ``check_image``."""
+    ok_idx, bad = [], []
+    for i in range(len(images) if images is not None else len(paths)):
+        try:
+            check_image(images[i] if images is not None else None,
+                        paths[i] if paths is not None else None, spec)
+            ok_idx.append(i)
+        except BadImage as e:
+            bad.append((i, str(e)))
+    return ok_idx, bad

@@ -179,6 +179,17 @@ def _listening_ports() -> set[int]:
     return ports
 
 
+def _runs(node: "Node", title: str) -> bool:
+    """Whether a process of ``node`` has ``title`` in its command line."""
+    for pid in node.processes():
+        try:
+            if title in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def _in_namespace(ns: str) -> list[int]:
     """PIDs whose mount namespace is ``ns`` (a readlink of /proc/PID/ns/mnt)."""
     pids = []
@@ -475,14 +486,11 @@ class LocalCluster:
     def worker_running(self, title: str) -> str | None:
         """The name of a worker node with a process whose command line (Ray sets it to
         ``ray::NAME`` for a task or actor) contains ``title``; None if none has one."""
-        for name, node in self.workers.items():
-            for pid in node.processes():
-                try:
-                    if title in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
-                        return name
-                except OSError:
-                    continue
-        return None
+        return next((name for name, node in self.workers.items() if _runs(node, title)), None)
+
+    def head_running(self, title: str) -> bool:
+        """Whether a process of the head node has ``title`` in its command line."""
+        return _runs(self.head, title)
 
     def kill_worker(self, name: str) -> None:
         """SIGKILL every process of worker ``name`` (raylet, object store, workers)."""

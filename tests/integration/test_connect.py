@@ -95,8 +95,8 @@ def test_head_killed_mid_run_then_fail_fast_then_resume(ray_cluster, fashion_mni
     run_dir = tmp_path / "run"
     cfg_path = tmp_path / "config.yaml"
     cfg = _config(fashion_mnist, run_dir)
-    # ~0.1 s an epoch here: 120 epochs keep round 0 training well past the kill 3 s in (with 2,
-    # a quiet machine once finished the whole run before the head was killed)
+    # ~0.1 s an epoch here: 120 epochs keep round 0 training well past the kill, made once
+    # its training task runs (with 2, a quiet machine once finished the whole run first)
     cfg["training"]["epochs"] = 120
     cfg_path.write_text(yaml.safe_dump(cfg))
     with LocalCluster(num_workers=0, head_cpus=2) as cluster:
@@ -111,7 +111,10 @@ def test_head_killed_mid_run_then_fail_fast_then_resume(ray_cluster, fashion_mni
             driver.communicate()[0][-3000:]
             + f"\nthe head's log:\n{cluster.head.log.read_text()[-2000:]}")
         labels_before = pq.read_table(run_dir / "labels" / "round-0000.parquet")
-        time.sleep(3)  # inside Ray Train
+        while not cluster.head_running("_fit_in_task"):  # inside Ray Train: its task runs
+            assert driver.poll() is None and time.monotonic() < deadline, \
+                driver.communicate()[0][-3000:]
+            time.sleep(0.2)
         cluster.kill_head()
         t_kill = time.monotonic()
         out, _ = driver.communicate(timeout=120)

@@ -520,7 +520,7 @@ def pool_units(pool: Pool, workers: int) -> list[dict[str, Any]]:
     unit_rows = max(MIN_UNIT_ROWS, -(-rows // target))
     units = []
     for path, g, n in groups:
-        parts = max(1, -(-n // unit_rows)) if n >= 2 * MIN_UNIT_ROWS else 1
+        parts = max(1, min(-(-n // unit_rows), n // MIN_UNIT_ROWS))
         bounds = [n * i // parts for i in range(parts + 1)]
         units += [{"path": path, "row_group": g, "start": a, "stop": b}
                   for a, b in zip(bounds, bounds[1:]) if b > a]

@@ -369,7 +369,7 @@ class ActiveLoop:
         remove_train_attempts(self.run_dir / "ray_train")  # a killed run's leftovers
         self._check_resources()
         settings = self.parts.round_training(r)
-        m = train_round(self.parts.model, data.pool, labels, data.test.path,
+        m = train_round(self.parts.model, data.pool, labels, data.test,
                         settings, ckpt, warm, self.run_dir / "ray_train", progress=cfg.progress,
                         hook_name=f"train-{r}",
                         tracking=self.tracking.target if self.tracking else None,

@@ -27,7 +27,7 @@ from raydal.fs import Location, Where, redact, resolve
 from raydal.models import (ModelSpec, autocast, check_mixed_precision, create_model,
                            load_checkpoint, load_weights, memory_format, read_checkpoint_meta,
                            save_checkpoint, train_mode, with_memory_format)
-from raydal.pool import Pool
+from raydal.pool import Pool, PoolSource
 from raydal.specs import runtime_spec
 from raydal import hooks
 from raydal.tracking import worker_curves
@@ -523,8 +523,8 @@ def _load(checkpoint) -> torch.nn.Module:
         return load_checkpoint(d)[0]  # written by save_checkpoint on rank 0
 
 
-def train_round(spec: ModelSpec, pool: Pool, labels: Mapping[str, int], test_path: Where,
-                settings: TrainSettings, out_checkpoint: Where,
+def train_round(spec: ModelSpec, pool: PoolSource, labels: Mapping[str, int],
+                test_path: Where | Pool, settings: TrainSettings, out_checkpoint: Where,
                 init_checkpoint: Where | None, storage_path: Where,
                 progress: bool = True, hook_name: str = "train", tracking=None,
                 step0: int = 0) -> dict:
@@ -543,7 +543,7 @@ def train_round(spec: ModelSpec, pool: Pool, labels: Mapping[str, int], test_pat
     when a test label is not a class of the model; warns when some test images do not decode.
     """
     t0, started_at = time.perf_counter(), time.time()
-    test = Pool(test_path)
+    test = test_path if isinstance(test_path, PoolSource) else Pool(test_path)  # built or a path
     test_rows = check_test_labels(test, spec.num_classes)
     # decoded once for every epoch and restart, and held on the driver's node
     train_ds, train_ids = held_with_ids(decoded_dataset(pool, spec.input_spec, labels))

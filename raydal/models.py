@@ -57,8 +57,9 @@ class _ModelSpecMethods:
 
     @property
     def input_spec(self) -> InputSpec:
-        return InputSpec(self.in_chans, self.img_size, tuple(self.mean), tuple(self.std),
-                         channel_mismatch=self.channel_mismatch)
+        """The InputSpec of this model: its shared fields (mean and std as tuples)."""
+        shared = {f.name: getattr(self, f.name) for f in fields(InputSpec) if hasattr(self, f.name)}
+        return InputSpec(**{**shared, "mean": tuple(self.mean), "std": tuple(self.std)})
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -25,16 +25,18 @@ def _field(info: Any) -> Any:
 
 
 def runtime_spec(name: str, section: type[BaseModel], base: type, *, module: str,
-                 only: tuple[str, ...] | None = None,
+                 only: tuple[str, ...] | None = None, required: tuple[str, ...] = (),
                  insert: tuple[tuple[str, str, type, Any], ...] = ()) -> type:
     """A frozen dataclass ``name`` (methods from ``base``, defined in ``module`` so it pickles)
-    whose fields are ``section``'s (those in ``only``, if given) with their types and defaults,
-    plus ``insert``: (after field, name, type, default) tuples, which fix positional order."""
+    whose fields are ``section``'s (those in ``only``, if given) with their types and defaults
+    (none for those in ``required``, which must come first), plus ``insert``: (after field,
+    name, type, default) tuples, which fix positional order."""
     specs = []
     for field_name, info in section.model_fields.items():
         if only is not None and field_name not in only:
             continue
-        specs.append((field_name, info.annotation, _field(info)))
+        field = dataclasses.field() if field_name in required else _field(info)
+        specs.append((field_name, info.annotation, field))
     for after, field_name, annotation, default in insert:
         at = next(i for i, (n, _, _) in enumerate(specs) if n == after) + 1
         specs.insert(at, (field_name, annotation, dataclasses.field(default=default)))

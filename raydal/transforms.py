@@ -10,30 +10,30 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
+from raydal.config import ModelConfig
 from raydal.errors import BadImage
 from raydal.fs import read_bytes, redact
+from raydal.specs import runtime_spec
 
 #: Refuse images larger than this many pixels before decoding (decompression bombs).
 DEFAULT_MAX_PIXELS = 64_000_000
 
 
-@dataclass(frozen=True)
-class InputSpec:
-    """What the model expects: channels, square size in pixels, per-channel mean/std in [0, 1]."""
+class _InputSpecMethods:
+    """What the model expects: channels, square size in pixels, per-channel mean/std in [0, 1],
+    what to do with images of another channel count (the ``model`` config section's fields,
+    declared there) and the largest image decoded, in pixels."""
 
-    in_chans: int
-    img_size: int
-    mean: tuple[float, ...] = (0.5,)
-    std: tuple[float, ...] = (0.5,)
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    channel_mismatch: str = "convert"  # or "skip": refuse images whose channels differ
 
+InputSpec = runtime_spec(
+    "InputSpec", ModelConfig, _InputSpecMethods, module=__name__,
+    only=("in_chans", "img_size", "mean", "std", "channel_mismatch"),
+    required=("in_chans", "img_size"), insert=(("std", "max_pixels", int, DEFAULT_MAX_PIXELS),))
 
 _MODES = {1: "L", 3: "RGB"}
 #: Greyscale modes of more than 8 bits: scaled to 8 bits by ``_to_8_bit``, never clipped.

@@ -7,6 +7,7 @@ from dataclasses import fields
 from raydal.config import ModelConfig, TrainingConfig, parse_config
 from raydal.models import ModelSpec
 from raydal.train import TrainSettings
+from raydal.transforms import InputSpec
 
 
 def test_config_sections_and_runtime_specs_have_the_same_fields():
@@ -37,3 +38,8 @@ def test_runtime_defaults_are_the_config_defaults_and_specs_pickle():
                 assert getattr(spec, f.name) == getattr(section, f.name), f.name
         assert pickle.loads(pickle.dumps(spec)) == spec
         assert type(spec).__module__ in ("raydal.models", "raydal.train")
+    shared = {f.name for f in fields(InputSpec)} - {"max_pixels"}
+    assert shared < set(ModelConfig.model_fields)
+    spec = ModelSpec(in_chans=3, img_size=40, mean=[0.1, 0.2, 0.3], channel_mismatch="skip")
+    assert spec.input_spec == InputSpec(3, 40, (0.1, 0.2, 0.3), channel_mismatch="skip")
+    assert pickle.loads(pickle.dumps(spec.input_spec)) == spec.input_spec

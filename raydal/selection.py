@@ -5,20 +5,32 @@ Two pipelines, the same picks (``select(pipeline=)``; "auto" takes "staged" when
 use GPUs, "fused" on CPUs only; measured in benchmarks/pipeline_efficiency.py):
 
 staged (Ray's heterogeneous batch inference):
-  pool --read_parquet--> decode_block tasks (CPU, 1 each, as many as free CPUs allow: drop
-  labeled ids, decode + resize to uint8 (N, C, S, S), a status for unreadable rows)
-  --decoded blocks through the object store--> ScoreActor pool (ActorPoolStrategy, num_gpus
+  pool units --> decode_units tasks (CPU, 1 each, as many as free CPUs allow: read the unit,
+  drop labeled ids, decode + resize to uint8 (N, C, S, S), a status for unreadable rows)
+  --decoded pieces through the object store--> ScoreActor pool (ActorPoolStrategy, num_gpus
   each; model, strategy context loaded once per actor; pinned host memory, non-blocking copy,
   normalised on the device; RunningTopK per call) --> driver StreamingTopK.
   Decoding never waits for the GPU and the number of decoders is not tied to the scorers.
 
 fused:
-  pool --read_parquet--> score_block tasks (drop labeled ids, decode, score, RunningTopK per
-  block) --> driver StreamingTopK.
+  pool units --> score_block tasks (read the unit, drop labeled ids, decode, score,
+  RunningTopK per piece) --> driver StreamingTopK.
   The tasks run in Ray's pooled worker processes, at most ``num_actors`` at a time; a process
   keeps the selection's model once loaded (``score_block``), and the processes outlive the
   selection, so later rounds start without new processes or imports (an actor pool starts new
   processes, importing torch, every selection).
+
+Pool units (``pool_units``): a Parquet pool is handed to the tasks as files, row groups or
+slices of them, about ``UNITS_PER_WORKER`` a worker, and each task reads its own with pyarrow
+(``read_unit``): no read stage beside the scorers, and the images' bytes never pass through
+the object store or the driver. Another pool source (``PoolSource``) is read by Ray Data
+(``to_dataset``) and its blocks go to the same tasks.
+
+Strategies whose score does not depend on the pixels (``random``: ``needs_pixels``) do not
+decode: each image is checked instead (``transforms.check_image``: the same header checks and
+the whole compressed stream, a JPEG at 1/8 scale), so exactly the rows a decode would skip are
+skipped and counted, and no label is bought for an image that training cannot read. On a CPU the
+scorer normalises into a float buffer it reuses (``Scorer._input``).
 
 Either way a call's output does not depend on the process that ran it, so a task or actor
 that dies is retried by Ray Data with the same rows; the driver's merge is exact

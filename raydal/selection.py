@@ -64,6 +64,7 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
+from raydal.config import RayConfig, SelectionConfig
 from raydal.errors import ConfigError, SelectionError, one_line
 from raydal.merge import (BALANCES, RunningClassTopK, RunningTopK, StreamingBalancedTopK,
                           StreamingTopK, class_counts)
@@ -658,14 +659,21 @@ def pipeline_for(pipeline: str, num_gpus_per_actor: float) -> str:
     return pipeline
 
 
+#: select()'s keyword defaults are the config's (one declaration per setting)
+_DEFAULTS = SelectionConfig()
+
+
 def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None = None,
            strategy: str | Strategy = "dynamicAL", budget: int = 100,
            labeled: Mapping[str, int] | Sequence[str] | None = None, *,
-           strategy_options: dict[str, Any] | None = None, num_actors: int = 2,
-           batch_size: int = 256, num_gpus_per_actor: float = 0.0,
-           num_cpus_per_actor: float = 0.5, input_spec: InputSpec | None = None,
-           progress: bool = True, resource_wait_s: float = 0.0, pipeline: str = "auto",
-           decode_tasks: int | None = None, balance: str = "none") -> Selection:
+           strategy_options: dict[str, Any] | None = None,
+           num_actors: int = _DEFAULTS.num_actors, batch_size: int = _DEFAULTS.batch_size,
+           num_gpus_per_actor: float = _DEFAULTS.num_gpus_per_actor,
+           num_cpus_per_actor: float = _DEFAULTS.num_cpus_per_actor,
+           input_spec: InputSpec | None = None, progress: bool = True,
+           resource_wait_s: float = RayConfig().resource_wait_s,
+           pipeline: str = _DEFAULTS.pipeline, decode_tasks: int | None = _DEFAULTS.decode_tasks,
+           balance: str = _DEFAULTS.balance) -> Selection:
     """Pick the ``budget`` best unlabeled samples of ``pool``.
 
     model: a raydal checkpoint folder, or a torch module; a module needs ``input_spec`` unless
@@ -748,7 +756,7 @@ def select(pool: Pool | str | Path, model: torch.nn.Module | str | Path | None =
             units = pool_units(pool, workers)
             rows = unit_rows(pool, len(units), spec, pixels)
             # one unit a block (a pool with no rows has no units: nothing runs)
-            ds = ray.data.from_items(units or [{}], override_num_blocks=max(1, len(units)))
+            ds = ray.data.from_items(units, override_num_blocks=max(1, len(units)))
             call_rows = 1  # one unit a call
         else:
             # Another pool source: Ray Data reads it, about READ_BLOCKS_PER_WORKER blocks a

@@ -6,6 +6,7 @@ import pytest
 import ray
 
 import raydal
+from raydal.errors import SelectionError
 from raydal.merge import top_k
 from raydal.models import ModelSpec, create_model, save_checkpoint
 from raydal.pool import Pool
@@ -146,6 +147,19 @@ def test_a_pool_folder_with_an_empty_file_gives_the_single_process_picks(
                         batch_size=64, progress=False, pipeline=pipeline)
     assert got.ids == want.ids and got.num_scored == want.num_scored == 300 - len(labels)
     np.testing.assert_allclose(got.scores, want.scores, rtol=1e-6)
+
+
+@pytest.mark.parametrize("pipeline", ["fused", "staged"])
+def test_a_pool_with_no_rows_is_a_clear_error(ray_cluster, setup, tmp_path, pipeline):
+    """A Parquet pool with no rows (a traceback found by benchmarks/fuzz.py): one SelectionError
+    that says so, whatever the strategy and pipeline."""
+    pool, model, ckpt, labels = setup
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pq.read_table(pool.path).slice(0, 0), empty)
+    for strategy in ("random", "entropy"):
+        with pytest.raises(SelectionError, match="has no unlabeled image left"):
+            raydal.select(Pool(empty), ckpt, strategy, budget=5, num_actors=2, batch_size=64,
+                          input_spec=SPEC.input_spec, progress=False, pipeline=pipeline)
 
 
 @pytest.mark.parametrize("strategy", ["entropy", "badge"])

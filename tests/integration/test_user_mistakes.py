@@ -311,7 +311,11 @@ def test_every_error_class_reaches_the_cli_as_one_line(ray_cluster, data, tmp_pa
 
     def subclasses(cls):
         return {c for s in cls.__subclasses__() for c in {s} | subclasses(s)}
-    assert {c.__name__ for c in subclasses(RaydalError)} <= set(runs)
+    # Ray derives a `RayTaskError(X)` class at run time for an X raised in a task; only the
+    # classes raydal declares are the CLI's to handle.
+    ours = {c.__name__ for c in subclasses(RaydalError) if c.__module__.startswith("raydal")}
+    assert ours <= set(runs)
+    assert {"ConfigError", "SelectionError", "LabelError"} <= ours
     from raydal.storage import run_dir_lock
     for name, argv in runs.items():
         if argv is None:

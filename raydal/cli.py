@@ -135,8 +135,9 @@ def entry() -> None:
     """The ``raydal`` command (console script and ``python -m raydal.cli``)."""
     from raydal import stop
     argv = sys.argv[1:]
-    stop.install(argv[0] if argv and not argv[0].startswith("-") else "")
-    stop.end(main(argv))
+    command = argv[0] if argv and not argv[0].startswith("-") else ""
+    stop.install(command)
+    stop.end(main(argv), command)
 
 
 def user_error(e: BaseException) -> BaseException | None:

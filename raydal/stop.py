@@ -34,6 +34,7 @@ _STOP_LINE = ("raydal {command} {what}: every record on disk is whole; run the s
 _STOPS = (signal.SIGINT, signal.SIGTERM)
 
 told: list[bool] = []  # the stop line was printed
+received: list[int] = []  # stop signals that reached this process (handlers and watcher thread)
 _telling = threading.Lock()
 _seen: set = set()  # what this process ran when the signal came (psutil.Process objects)
 _terminated: list[bool] = []  # SIGTERM came (code that re-raises a plain KeyboardInterrupt
@@ -47,7 +48,14 @@ class Terminated(KeyboardInterrupt):
 def raise_terminated(signum, frame) -> None:
     """The SIGTERM handler of the ``raydal`` command."""
     _terminated.append(True)
+    received.append(signum)
     raise Terminated()
+
+
+def raise_interrupt(signum, frame) -> None:
+    """The SIGINT handler of the ``raydal`` command: Python's own, recorded."""
+    received.append(signum)
+    raise KeyboardInterrupt()
 
 
 def stopped_by(e: KeyboardInterrupt) -> int:
@@ -135,6 +143,8 @@ def install(command: str, grace_s: float = GRACE_S) -> None:
     os.close(wake_read)
     os.close(fwd_write)
     signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, raise_interrupt)
     sys.unraisablehook = _deliver_again
 
     def watch() -> None:
@@ -144,6 +154,7 @@ def install(command: str, grace_s: float = GRACE_S) -> None:
             if not byte:
                 return  # the watcher process is gone: nothing to forward
             signum = byte[0]
+        received.append(signum)
         _seen.update(started_by(os.getpid(), exclude=(watcher.pid,)))  # before agents orphan
         time.sleep(grace_s)
         say_stopped(command, signum)
@@ -153,10 +164,16 @@ def install(command: str, grace_s: float = GRACE_S) -> None:
     threading.Thread(target=watch, name="raydal-stop", daemon=True).start()
 
 
-def end(code: int) -> None:
+def end(code: int, command: str = "") -> None:
     """End the process with ``code`` once ``main`` returned. After a stop signal, kill what it
     started and leave at once: ``ray.shutdown`` after a signal could hang on a dead GCS or
-    crash (SIGSEGV in 2 of 8 trials), and Ray's agents outlived a plain exit by minutes."""
+    crash (SIGSEGV in 2 of 8 trials), and Ray's agents outlived a plain exit by minutes.
+    A signal whose KeyboardInterrupt never reached ``main`` (code that swallows it, e.g. while
+    Ray starts, and a run that then ends within the grace) still ends the process as stopped:
+    the stop line and 128 + the signal, as the watcher thread would have a moment later."""
+    if received and not told:
+        say_stopped(command, received[0])
+        code = 128 + received[0]
     if told:
         import logging
         logging.shutdown()

@@ -110,31 +110,16 @@ class Oracle(abc.ABC):
         (e.g. create tasks twice)."""
 
 
-def _check_oracle(name: str, cls: Any) -> None:
-    if not (isinstance(cls, type) and issubclass(cls, Oracle)):
-        raise ConfigError(f"oracle {name!r}: expected a subclass of raydal.oracle.Oracle, got "
-                          f"{cls!r:.80}")
-
-
-def _adopt_oracle(name: str, cls: Any) -> None:
-    register_oracle(name)(cls)
-
-
 #: The oracles: built-in ones, ``@register_oracle`` ones and entry points of group
 #: ``raydal.oracles``.
-ORACLES: Registry[type[Oracle]] = Registry(
-    "oracle", "raydal.oracles", builtin=("raydal.labelstudio",), adopt=_adopt_oracle,
-    check=_check_oracle)
+ORACLES: Registry[type[Oracle]] = Registry("oracle", "raydal.oracles",
+                                           builtin=("raydal.labelstudio",), base=Oracle)
 
 
 def register_oracle(name: str) -> Callable[[type[Oracle]], type[Oracle]]:
     """Class decorator: make the oracle available as ``loop.oracle: name``; ConfigError (a
     ValueError) for a name another oracle has."""
-    def register(cls: type[Oracle]) -> type[Oracle]:
-        ORACLES.register(name, cls)
-        cls.name = name
-        return cls
-    return register
+    return ORACLES.register(name)
 
 
 def list_oracles() -> list[str]:

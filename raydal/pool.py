@@ -536,32 +536,16 @@ def labels_from_folder_names(pool: Pool) -> tuple[pa.Table, list[str]]:
 
 
 # ---- the registry of pool sources -------------------------------------------------------------
-def _check_pool(name: str, cls: Any) -> None:
-    if not (isinstance(cls, type) and issubclass(cls, PoolSource)):
-        raise ConfigError(f"pool source {name!r}: expected a subclass of raydal.pool.PoolSource, "
-                          f"got {cls!r:.80}")
-
-
-def _adopt_pool(name: str, cls: Any) -> None:
-    """An entry point of group ``raydal.pools`` whose import did not register its class."""
-    register_pool(name)(cls)
-
-
 #: The pool sources: parquet, webdataset, ``@register_pool`` ones and entry points of group
 #: ``raydal.pools``.
-POOLS: Registry[type[PoolSource]] = Registry(
-    "pool source", "raydal.pools", builtin=("raydal.webdataset",), adopt=_adopt_pool,
-    check=_check_pool)
+POOLS: Registry[type[PoolSource]] = Registry("pool source", "raydal.pools",
+                                             builtin=("raydal.webdataset",), base=PoolSource)
 
 
 def register_pool(name: str):
     """Class decorator: make a ``PoolSource`` subclass available as ``data.pool_format: name``
     (and to ``open_pool``); ConfigError for a name another source has."""
-    def register(cls: type[PoolSource]) -> type[PoolSource]:
-        POOLS.register(name, cls)
-        cls.name = name
-        return cls
-    return register
+    return POOLS.register(name)
 
 
 def list_pools() -> list[str]:

@@ -37,16 +37,19 @@ class Registry(Generic[T]):
     adopt: how an entry point's loaded object becomes an entry when importing its module did not
     register it: ``adopt(name, obj)`` registers it (default: ``register(name, obj)``).
     check: ``check(name, obj)`` raises ConfigError for an object that cannot be an entry.
+    base: entries are subclasses of ``base`` (checked) and learn their name (``cls.name``
+    set when registered): the seams whose entries are classes (oracles, pool sources).
     """
 
     def __init__(self, kind: str, entry_point_group: str | None = None,
                  builtin: Sequence[str] = (), adopt: Callable[[str, Any], Any] | None = None,
-                 check: Callable[[str, Any], None] | None = None):
+                 check: Callable[[str, Any], None] | None = None, base: type | None = None):
         self.kind = kind
         self.entry_point_group = entry_point_group or f"raydal.{kind.replace(' ', '_')}s"
         self._builtin = tuple(builtin)
         self._adopt = adopt
         self._check = check
+        self._base = base
         self._entries: dict[str, T] = {}
         self._broken: dict[str, str] = {}  # entry point name -> why it did not load
         self._builtin_loaded = False
@@ -64,6 +67,10 @@ class Registry(Generic[T]):
         if not isinstance(name, str) or not name:
             raise ConfigError(f"a {self.kind} is registered under a non-empty str name, got "
                               f"{name!r:.80}")
+        base = self._base
+        if base is not None and not (isinstance(obj, type) and issubclass(obj, base)):
+            raise ConfigError(f"{self.kind} {name!r}: expected a subclass of {base.__module__}."
+                              f"{base.__qualname__}, got {obj!r:.80}")
         if self._check is not None:
             self._check(name, obj)
         have = self._entries.get(name)
@@ -71,6 +78,8 @@ class Registry(Generic[T]):
             raise ConfigError(f"{self.kind} {name!r} is already registered by {_describe(have)}; "
                               f"choose another name for {_describe(obj)}")
         self._entries[name] = obj
+        if base is not None:
+            obj.name = name
         return obj
 
     def unregister(self, name: str) -> None:

@@ -238,8 +238,12 @@ class PoolSource(abc.ABC):
         if n > len(ids):
             raise PoolError(f"cannot subsample {n} rows from a pool of {len(ids)}")
         chosen = np.random.default_rng(seed).choice(len(ids), size=n, replace=False)
-        atomic_write_parquet(path, self.take([ids[i] for i in chosen]).sort_by("id"))
+        atomic_write_parquet(path, self._subset([ids[i] for i in chosen]))
         return Pool(path)
+
+    def _subset(self, ids: list[str]) -> pa.Table:
+        """The table ``subsample`` writes for these ids: ``take``'s rows, sorted by id."""
+        return self.take(ids).sort_by("id")
 
 
 class Pool(PoolSource):
@@ -402,18 +406,10 @@ class Pool(PoolSource):
             n += len(col)
         return n
 
-    def subsample(self, n: int, seed: int, path: Where) -> "Pool":
-        """Seeded subset of ``n`` rows written to ``path`` (kept if it already exists)."""
-        if resolve(path).exists():
-            return Pool(path)
-        ids = [i for chunk in self.iter_ids() for i in chunk]
-        if n > len(ids):
-            raise PoolError(f"cannot subsample {n} rows from a pool of {len(ids)}")
-        chosen = np.random.default_rng(seed).choice(len(ids), size=n, replace=False)
-        table = self._dataset().to_table(filter=pc.field("id").cast(pa.string()).isin(
-            pa.array([ids[i] for i in chosen], pa.string())))
-        atomic_write_parquet(path, table)
-        return Pool(path)
+    def _subset(self, ids: list[str]) -> pa.Table:
+        """Every column of the chosen rows (labels included), in the pool's order."""
+        return self._dataset().to_table(filter=pc.field("id").cast(pa.string()).isin(
+            pa.array(ids, pa.string())))
 
     # ---- builders ----------------------------------------------------------------------------
     @classmethod

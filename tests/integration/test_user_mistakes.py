@@ -331,6 +331,12 @@ def test_every_error_class_reaches_the_cli_as_one_line(ray_cluster, data, tmp_pa
         assert not last.startswith("error: Traceback"), name
 
 
+def _sigint_default() -> None:
+    """A child's SIGINT as a terminal's foreground job has it: a test suite started in the
+    background (`cmd &`, nohup) passes SIGINT on ignored, and Python then keeps ignoring it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig, code, words", [(signal.SIGINT, 130, "interrupted (Ctrl-C)"),
                                               (signal.SIGTERM, 143, "terminated (SIGTERM)")])
 def test_ctrl_c_and_sigterm_end_with_one_line(ray_cluster, data, tmp_path, sig, code, words):
@@ -341,7 +347,7 @@ def test_ctrl_c_and_sigterm_end_with_one_line(ray_cluster, data, tmp_path, sig, 
     p = subprocess.Popen([sys.executable, "-m", "raydal.cli", "run", str(tmp_path / "c.yaml")],
                          env={**os.environ, "RAY_ADDRESS": ray_cluster}, stderr=subprocess.PIPE,
                          stdout=subprocess.DEVNULL, text=True,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                         preexec_fn=_sigint_default)
     seen = []
     for line in p.stderr:
         seen.append(line)
@@ -370,7 +376,8 @@ def test_a_signal_to_the_group_while_ray_starts_ends_the_run_and_its_cluster(dat
     env = {**os.environ, "RAY_ADDRESS": "local", "RAY_TMPDIR": ray_tmp}
     p = subprocess.Popen([sys.executable, "-m", "raydal.cli", "run", str(tmp_path / "c.yaml")],
                          env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                         start_new_session=True)  # its own group, as a shell's job
+                         start_new_session=True,  # its own group, as a shell's job
+                         preexec_fn=_sigint_default)
     try:
         deadline = time.monotonic() + 60
         while not list(Path(ray_tmp).glob("ray/session_2*")):  # Ray is starting
@@ -454,7 +461,8 @@ def test_a_stop_signal_swallowed_before_main_sees_it_still_ends_as_stopped(sig, 
             "print('finished', flush=True)\n"
             "stop.end(0, 'run')\n")
     t0 = time.monotonic()
-    p = subprocess.run([sys.executable, "-c", code, str(int(sig))], capture_output=True,
+    p = subprocess.run([sys.executable, "-c", code, str(int(sig))], preexec_fn=_sigint_default,
+                       capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 128 + sig, p.stderr
     assert "finished" in p.stdout and time.monotonic() - t0 < 30

@@ -10,6 +10,11 @@ starts), so the cluster's start-up is included; ``steady`` is the rate after the
 batch reached the driver; ``warm`` is a second selection in the same driver and cluster (as a
 loop's later rounds run: pooled workers kept, actors started again).
 
+A second denominator, ``work_rate``: one process doing a selection's whole per-row work without
+Ray (Parquet read, decode or check, normalise, score, running top-k). CPUs x that is what a
+perfect pipeline would reach: the share of it that select() reaches is the pipeline's own cost,
+apart from the work beyond decoding that a strategy needs.
+
 It also times the quickstart-sized case (4 dynamicAL selections of a 10k Fashion-MNIST pool with
 test_resnet in one driver, as the loop runs them) for each pipeline.
 
@@ -89,6 +94,57 @@ def decode_rate(pool_path: str | Path, input_spec=None, rows: int = 400) -> floa
     return len(blobs) / (time.perf_counter() - t0)
 
 
+def work_rate(pool_path: str | Path, strategy: str, input_spec=None, rows: int = 1000,
+              batch_size: int = 128) -> dict:
+    """Images/s of ONE process doing a selection's whole per-row work without Ray, on one torch
+    thread: read the Parquet rows (``read_unit``), decode (or, for ``random``, check), normalise,
+    score and keep the running top-k, with raydal's own functions; and ms a row for each step.
+    What the pipeline adds beyond the work itself is select's shortfall from CPUs x this."""
+    import numpy as np
+    import torch
+    from raydal.merge import RunningTopK
+    from raydal.pool import Pool
+    from raydal.scoring import create_strategy
+    from raydal.selection import needs_pixels, read_unit
+    from raydal.transforms import InputSpec, normalise, verify_rows
+
+    torch.set_num_threads(1)
+    spec = input_spec or InputSpec(3, 224)
+    pool, strat = Pool(pool_path), create_strategy(strategy)
+    model = tiny_model() if strat.needs_model else None
+    pixels = needs_pixels(strat)
+    unit = {"path": pool.files[0].path, "row_group": -1, "start": 0, "stop": -1}
+    steps = dict.fromkeys(("read", "decode", "normalise", "score"), 0.0)
+    buf, running, n = None, RunningTopK(100), 0
+    t = t0 = time.perf_counter()
+    for block in read_unit(pool, unit, batch_size):
+        steps["read"] += time.perf_counter() - t
+        t = time.perf_counter()
+        if pixels:
+            arr, ok, _ = pool.decode(block, spec)
+        else:
+            (ok, _), arr = verify_rows(*pool.image_inputs(block), spec), None
+        steps["decode"] += time.perf_counter() - t
+        t = time.perf_counter()
+        x = None
+        if arr is not None:
+            x = torch.from_numpy(arr)
+            buf = buf if buf is not None and len(buf) >= len(x) else torch.empty(x.shape)
+            x = normalise(x, spec, out=buf[:len(x)])
+        steps["normalise"] += time.perf_counter() - t
+        t = time.perf_counter()
+        ids = [str(block["id"][i]) for i in ok]
+        scores = strat.score(model, x, ids, None)
+        running.admit(np.asarray(ids, dtype=str), scores.detach().double().numpy())
+        steps["score"] += time.perf_counter() - t
+        n += len(block["id"])
+        if n >= rows:
+            break
+        t = time.perf_counter()
+    return {"images_per_s": n / (time.perf_counter() - t0),
+            "ms_per_row": {k: 1e3 * v / n for k, v in steps.items()}, "rows": n}
+
+
 def tiny_model(num_classes: int = 10, in_chans: int = 3):
     """A forward-cheap CNN for a forward-only strategy (entropy): what decode, not the model,
     should bound."""
@@ -151,7 +207,12 @@ def _measure_efficiency(pool: str, strategy: str, pipeline: str, cpus: int,
     ray.shutdown()
     rate_after = decode_rate(pool)
     one = (rate + rate_after) / 2
+    work = work_rate(pool, strategy)
     return {**r, "decode_rate_1proc": one, "decode_rate_before_after": [rate, rate_after],
+            "work_rate_1proc": work["images_per_s"], "work_ms_per_row": work["ms_per_row"],
+            "efficiency_vs_work_steady": (r["steady_images_per_s"] / (cpus * work["images_per_s"])
+                                          if r["steady_images_per_s"] else None),
+            "efficiency_vs_work_warm": warm["images_per_s"] / (cpus * work["images_per_s"]),
             "cpus": cpus, "efficiency": r["images_per_s"] / (cpus * one),
             "efficiency_steady": (r["steady_images_per_s"] / (cpus * one)
                                   if r["steady_images_per_s"] else None),
@@ -268,7 +329,11 @@ def main(argv: list[str] | None = None) -> int:
                           f"(steady {r['steady_images_per_s'] or 0:.0f}), decode 1 proc "
                           f"{r['decode_rate_1proc']:.0f}/s, efficiency {r['efficiency']:.0%} "
                           f"(steady {r['efficiency_steady'] or 0:.0%}, warm "
-                          f"{r['efficiency_warm']:.0%}: {r['warm_images_per_s']:.0f} img/s), load "
+                          f"{r['efficiency_warm']:.0%}: {r['warm_images_per_s']:.0f} img/s); "
+                          f"1 proc's whole work {r['work_rate_1proc']:.0f}/s ("
+                          + ", ".join(f"{k} {v:.2f}" for k, v in r["work_ms_per_row"].items())
+                          + f" ms a row): steady {r['efficiency_vs_work_steady'] or 0:.0%}, "
+                          f"warm {r['efficiency_vs_work_warm']:.0%} of CPUs x it; load "
                           f"{r['loadavg_before'][0]}", flush=True)
                 result["runs"].append({"repeat": rep, "case": case, "pipeline": pipeline, **r})
                 save()
@@ -284,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
                 s = {k: _median([r[k] for r in runs]) for k in
                      ("images_per_s", "steady_images_per_s", "decode_rate_1proc", "efficiency",
                       "efficiency_steady", "startup_s", "warm_images_per_s", "efficiency_warm",
-                      "warm_startup_s")}
+                      "warm_startup_s", "work_rate_1proc", "efficiency_vs_work_steady",
+                      "efficiency_vs_work_warm")}
             s["loadavg_1min"] = [r["loadavg_before"][0] for r in runs]
             s["n"] = len(runs)
             result["summary"][f"{case}/{pipeline}"] = s

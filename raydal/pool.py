@@ -58,7 +58,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raydal.datasets import images_table
-from raydal.errors import ConfigError, PoolError, one_line
+from raydal.errors import PoolError, one_line
 from raydal.fs import Location, Where, resolve
 from raydal.registry import Registry
 from raydal.storage import atomic_write, atomic_write_parquet

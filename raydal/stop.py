@@ -37,8 +37,6 @@ told: list[bool] = []  # the stop line was printed
 received: list[int] = []  # stop signals that reached this process (handlers and watcher thread)
 _telling = threading.Lock()
 _seen: set = set()  # what this process ran when the signal came (psutil.Process objects)
-_terminated: list[bool] = []  # SIGTERM came (code that re-raises a plain KeyboardInterrupt
-#                                loses the Terminated class)
 
 
 class Terminated(KeyboardInterrupt):
@@ -47,7 +45,6 @@ class Terminated(KeyboardInterrupt):
 
 def raise_terminated(signum, frame) -> None:
     """The SIGTERM handler of the ``raydal`` command."""
-    _terminated.append(True)
     received.append(signum)
     raise Terminated()
 
@@ -59,8 +56,10 @@ def raise_interrupt(signum, frame) -> None:
 
 
 def stopped_by(e: KeyboardInterrupt) -> int:
-    """The signal behind ``e``: SIGTERM or SIGINT."""
-    return signal.SIGTERM if isinstance(e, Terminated) or _terminated else signal.SIGINT
+    """The signal behind ``e``: SIGTERM or SIGINT (SIGTERM once it came: code that re-raises a
+    plain KeyboardInterrupt loses the Terminated class)."""
+    return (signal.SIGTERM if isinstance(e, Terminated) or signal.SIGTERM in received
+            else signal.SIGINT)
 
 
 def _deliver_again(hook_args) -> None:

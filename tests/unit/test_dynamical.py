@@ -70,7 +70,8 @@ class TinyNet(nn.Module):
 
 class ZooNet(nn.Module):
     """Every other rule, each conv/linear weight in the Gram or the materialised form: grouped
-    dilated Conv2d with reflect padding, pointwise Conv2d, strided Conv2d with circular padding,
+    dilated Conv2d with reflect padding, pointwise Conv2d, strided dilated Conv2d with a
+    non-square kernel and circular padding,
     Conv1d with 'same' and replicate padding, BatchNorm1d, GroupNorm, LayerNorm and Linear over
     tokens, Embedding with padding_idx and repeated indices, and a loose batch-broadcast
     parameter."""
@@ -80,7 +81,8 @@ class ZooNet(nn.Module):
         self.conv = nn.Conv2d(4, 8, 3, padding=2, dilation=2, groups=2, padding_mode="reflect")
         self.gn = nn.GroupNorm(4, 8)
         self.pointwise = nn.Conv2d(8, 8, 1)
-        self.conv_gram = nn.Conv2d(8, 32, 3, stride=8, padding=1, padding_mode="circular")
+        self.conv_gram = nn.Conv2d(8, 32, (3, 2), stride=8, padding=(2, 1), dilation=(2, 1),
+                                   padding_mode="circular")
         self.conv1d = nn.Conv1d(32, 6, 4, padding="same", bias=False)
         self.bn1d = nn.BatchNorm1d(6)
         self.conv1d_gram = nn.Conv1d(6, 12, 5, stride=4, padding=2, padding_mode="replicate")
@@ -92,9 +94,9 @@ class ZooNet(nn.Module):
 
     def forward(self, x):
         h = self.pointwise(torch.tanh(self.gn(self.conv(x))))      # (B, 8, 32, 32)
-        h = torch.tanh(self.conv_gram(h)).flatten(2)               # (B, 32, 16)
-        h = self.conv1d_gram(torch.tanh(self.bn1d(self.conv1d(h))))  # (B, 12, 4)
-        h = self.tok(self.ln(h.transpose(1, 2)))                   # (B, 4, 5)
+        h = torch.tanh(self.conv_gram(h)).flatten(2)               # (B, 32, 4 x 5)
+        h = self.conv1d_gram(torch.tanh(self.bn1d(self.conv1d(h))))  # (B, 12, 5)
+        h = self.tok(self.ln(h.transpose(1, 2)))                   # (B, 5, 5)
         ids = (x[:, 0, 0, :].abs() * 3).long().clamp(max=6)        # (B, 32): repeats, zeros
         h = h.mean(1, keepdim=True) + self.emb(ids).sum(1, keepdim=True) + self.offset
         return self.head(torch.tanh(h[:, 0]))

@@ -106,8 +106,10 @@ def work_rate(pool_path: str | Path, strategy: str, input_spec=None, rows: int =
     from raydal.pool import Pool
     from raydal.scoring import create_strategy
     from raydal.selection import needs_pixels, read_unit
+    from raydal.hostmem import keep_freed_blocks
     from raydal.transforms import InputSpec, normalise, verify_rows
 
+    keep_freed_blocks()  # as a Scorer does
     torch.set_num_threads(1)
     spec = input_spec or InputSpec(3, 224)
     pool, strat = Pool(pool_path), create_strategy(strategy)

@@ -73,6 +73,8 @@ GOALS = {"fast_vs_train_max": 1.25, "fast_vs_forward_max": 4.0, "fast_speedup_vs
 def _setup(cfg: dict, device: str, n: int | None = None):
     import timm
     import torch
+    from raydal.hostmem import keep_freed_blocks
+    keep_freed_blocks()  # as raydal's scoring and training processes run
     torch.manual_seed(0)
     model = timm.create_model(cfg["model"], pretrained=False, num_classes=10).to(device).eval()
     x = torch.randn(n or cfg["batch"], 3, cfg["img"], cfg["img"], device=device)
@@ -418,9 +420,11 @@ def time_scorer(model_name: str, img_size: int, batch: int, device: str = "cpu",
     scorer / training step and scorer / forward, and the peak GPU memory of the scorer."""
     import timm
     import torch
+    from raydal.hostmem import keep_freed_blocks
     from raydal.scoring.grads import _select_params, dynamical_scores
     from raydal.scoring.grads.common import autocast
 
+    keep_freed_blocks()  # as raydal's scoring and training processes run
     torch.manual_seed(0)
     model = timm.create_model(model_name, pretrained=False, num_classes=num_classes)
     model = model.to(device).eval()
@@ -504,6 +508,7 @@ def _ratios_only(configs: list[dict], args, out: Path) -> None:
     out.write_text(json.dumps({"device": args.device, "quick": args.quick,
                                "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                                "platform": platform.platform(), "cpu_count": os.cpu_count(),
+                               "allocator": "glibc thresholds raised (raydal.hostmem)",
                                "load_average_at_end": os.getloadavg(), "results": rows},
                               indent=2))
     print(f"wrote {out}")

@@ -69,6 +69,7 @@ from raydal.errors import ConfigError, SelectionError, one_line
 from raydal.merge import (BALANCES, RunningClassTopK, RunningTopK, StreamingBalancedTopK,
                           StreamingTopK, class_counts)
 from raydal.fs import Location, resolve
+from raydal.hostmem import keep_freed_blocks
 from raydal.models import ModelSpec, checkpoint_exists, load_checkpoint, read_checkpoint_meta
 from raydal.pool import Pool, PoolSource, open_pool
 from raydal.resources import schedulable, selection_demand
@@ -254,6 +255,7 @@ class Scorer:
     """One worker process's state for one selection: model, context and labeled ids."""
 
     def __init__(self, job: ScoringJob):
+        keep_freed_blocks()  # a CPU batch's large temporaries reuse the last batch's pages
         self.job, self.strategy = job, job.strategy
         self.device = _device(job.num_gpus)
         needs_model = job.strategy.needs_model or job.balance != "none"  # classes need it

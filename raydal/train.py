@@ -24,6 +24,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from raydal.config import TrainingConfig
 from raydal.errors import PoolError
 from raydal.fs import Location, Where, redact, resolve
+from raydal.hostmem import keep_freed_blocks
 from raydal.models import (ModelSpec, autocast, check_mixed_precision, create_model,
                            load_checkpoint, load_weights, memory_format, read_checkpoint_meta,
                            save_checkpoint, train_mode, with_memory_format)
@@ -244,6 +245,7 @@ def _train_func(config: dict) -> None:
     spec = ModelSpec.from_dict(config["spec"])
     s = TrainSettings(**config["settings"])
     torch.manual_seed(s.seed)
+    keep_freed_blocks()  # activations and gradients reuse the last step's pages
     local_dir = config.get("local_checkpoints")  # Ray Train's local mode (one worker in a task)
     if local_dir is not None:
         torch.set_num_threads(max(1, int(s.cpus_per_worker)))

@@ -19,7 +19,7 @@ ROOT = Path(raydal.__file__).parent
 #: Lowest first. A module may import its own layer (no cycle allowed) or lower ones.
 LAYERS = {
     "foundation": ["errors", "fs", "storage", "options", "specs", "registry", "hooks", "stats",
-                   "services", "stop", "merge", "resources", "connect"],
+                   "services", "stop", "merge", "resources", "connect", "hostmem"],
     "config": ["config"],
     "data": ["transforms", "datasets", "pool", "webdataset", "labels", "run_dir",
              "shared_paths", "tracking", "report"],

@@ -102,11 +102,11 @@ def work_rate(pool_path: str | Path, strategy: str, input_spec=None, rows: int =
     What the pipeline adds beyond the work itself is select's shortfall from CPUs x this."""
     import numpy as np
     import torch
+    from raydal.hostmem import keep_freed_blocks
     from raydal.merge import RunningTopK
     from raydal.pool import Pool
     from raydal.scoring import create_strategy
     from raydal.selection import needs_pixels, read_unit
-    from raydal.hostmem import keep_freed_blocks
     from raydal.transforms import InputSpec, normalise, verify_rows
 
     keep_freed_blocks()  # as a Scorer does

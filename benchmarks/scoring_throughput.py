@@ -493,6 +493,8 @@ def _in_subprocess(task: dict) -> dict:
 def _ratios_only(configs: list[dict], args, out: Path) -> None:
     """Round-robin ms per batch of every method but vmap, per config; prints x forward and
     x training step."""
+    from raydal.hostmem import keep_freed_blocks
+
     rows = []
     for cfg in configs:
         slow = cfg["img"] >= 128 and args.device == "cpu"
@@ -508,7 +510,8 @@ def _ratios_only(configs: list[dict], args, out: Path) -> None:
     out.write_text(json.dumps({"device": args.device, "quick": args.quick,
                                "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                                "platform": platform.platform(), "cpu_count": os.cpu_count(),
-                               "allocator": "glibc thresholds raised (raydal.hostmem)",
+                               # what the timing processes set (same platform, same answer)
+                               "keeps_freed_blocks": keep_freed_blocks(),
                                "load_average_at_end": os.getloadavg(), "results": rows},
                               indent=2))
     print(f"wrote {out}")
